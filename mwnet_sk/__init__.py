@@ -1,0 +1,8 @@
+"""mwnet-sk: Meta-Weight-Net (Shu et al., NeurIPS 2019) as a scikit-learn / skorch estimator."""
+
+from .estimator import MetaWeightClassifier, TrainingDivergedError
+from .weight_net import WeightFunction, WeightNet
+
+__version__ = "0.1.0"
+
+__all__ = ["MetaWeightClassifier", "TrainingDivergedError", "WeightNet", "WeightFunction", "__version__"]

@@ -1,0 +1,403 @@
+"""Data plumbing for the estimator: input checks, label encoding, indexed datasets,
+a batched in-memory iterator and the meta-batch sampler. No skorch, no bilevel math."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from numbers import Integral
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+from torch.utils.data._utils.collate import default_collate
+
+__all__ = [
+    "ArrayDataset",
+    "IndexedDataset",
+    "BatchIterator",
+    "MetaSampler",
+    "FitData",
+    "prepare_fit_data",
+    "dataset_targets",
+    "is_array_like",
+]
+
+INDEX_KEY = "sample_index"
+INPUT_KEY = "x"
+
+
+def is_array_like(obj) -> bool:
+    return isinstance(obj, (np.ndarray, torch.Tensor)) or (
+        hasattr(obj, "__array__") and not isinstance(obj, Dataset)
+    )
+
+
+def _as_tensor(X, what: str) -> torch.Tensor:
+    """X as a tensor; floating data become float32 (what modules expect)."""
+    if isinstance(X, torch.Tensor):
+        t = X.detach()
+    else:
+        arr = np.asarray(X)
+        if arr.dtype == object:
+            raise TypeError(f"{what} has dtype object; pass numeric arrays or a torch Dataset")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_floating_point() and t.dtype != torch.float32:
+        t = t.float()
+    if t.ndim == 0:
+        raise ValueError(f"{what} must have at least one dimension, got a scalar")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).reshape(len(t), -1).any(1).sum())
+        raise ValueError(f"{what} contains NaN or infinite values (in {bad} rows)")
+    return t
+
+
+def _labels_1d(y, what: str) -> np.ndarray:
+    arr = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.ravel()
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be 1-dimensional class labels, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return arr
+
+
+def dataset_targets(dataset, what: str = "dataset") -> np.ndarray:
+    """Labels of a torch Dataset of (x, y): its ``targets`` attribute, or one pass over it."""
+    if isinstance(dataset, Subset):
+        return dataset_targets(dataset.dataset, what)[np.asarray(dataset.indices)]
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = getattr(dataset, "y", None)
+    if targets is not None:
+        targets = _labels_1d(targets, f"{what}.targets")
+        if len(targets) != len(dataset):
+            raise ValueError(
+                f"{what}.targets has {len(targets)} labels but the dataset has {len(dataset)} samples"
+            )
+        return targets
+    labels = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"{what} must yield (x, y) pairs; item {i} is {type(item).__name__}")
+        label = item[1]
+        labels.append(label.item() if isinstance(label, torch.Tensor) else label)
+    return _labels_1d(np.asarray(labels), f"labels of {what}")
+
+
+class ArrayDataset(Dataset):
+    """In-memory tensors with the user's row numbers, batch-indexable without Python loops."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor | None = None, rows=None):
+        self.X = X
+        self.y = y
+        self.rows = torch.arange(len(X)) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        row = int(self.rows[i])
+        x = {INPUT_KEY: self.X[row], INDEX_KEY: row}
+        return x, (self.y[row] if self.y is not None else torch.tensor(0))
+
+    def to(self, device):
+        self.X = self.X.to(device, non_blocking=True)
+        if self.y is not None:
+            self.y = self.y.to(device, non_blocking=True)
+        return self
+
+    def batch(self, positions: torch.Tensor):
+        rows = self.rows[positions]
+        dev_rows = rows.to(self.X.device)
+        x = {INPUT_KEY: self.X[dev_rows], INDEX_KEY: rows}
+        y = self.y[dev_rows] if self.y is not None else torch.zeros(len(rows), dtype=torch.long)
+        return x, y
+
+
+class IndexedDataset(Dataset):
+    """Wraps a user Dataset of (x, y): yields ({"x": x, "sample_index": row}, encoded y)."""
+
+    def __init__(self, dataset, rows=None, label_map: dict | None = None):
+        self.dataset = dataset
+        self.rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.label_map = label_map
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        row = int(self.rows[i])
+        x, y = self.dataset[row]
+        if isinstance(y, torch.Tensor):
+            y = y.item()
+        if self.label_map is not None:
+            y = self.label_map[y]
+        return {INPUT_KEY: x, INDEX_KEY: row}, y
+
+
+def _resolve_rows(dataset):
+    """(base ArrayDataset, positions into it) for an ArrayDataset possibly wrapped in Subsets."""
+    positions = None
+    while isinstance(dataset, Subset):
+        idx = torch.as_tensor(np.asarray(dataset.indices), dtype=torch.long)
+        positions = idx if positions is None else idx[positions]
+        dataset = dataset.dataset
+    if not isinstance(dataset, ArrayDataset):
+        return None, None
+    if positions is None:
+        positions = torch.arange(len(dataset))
+    return dataset, positions
+
+
+class BatchIterator:
+    """Batches of an in-memory :class:`ArrayDataset` by tensor indexing (no per-sample Python).
+
+    When the dataset's tensors live on the GPU, so do the batches: no host-device copies.
+    """
+
+    def __init__(self, dataset, batch_size: int, shuffle: bool = False, generator=None, drop_last=False):
+        base, positions = _resolve_rows(dataset)
+        if base is None:
+            raise TypeError("BatchIterator needs an ArrayDataset (or a Subset of one)")
+        self.base, self.positions = base, positions
+        self.batch_size = len(positions) if batch_size == -1 else int(batch_size)
+        self.shuffle = shuffle
+        self.generator = generator
+        self.drop_last = drop_last
+
+    @staticmethod
+    def supports(dataset) -> bool:
+        return _resolve_rows(dataset)[0] is not None
+
+    def __len__(self):
+        n = len(self.positions)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.positions)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            if self.drop_last and len(chunk) < self.batch_size:
+                break
+            yield self.base.batch(self.positions[chunk])
+
+
+class MetaSampler:
+    """Endless meta batches: shuffled passes over the meta set, one batch at a time.
+
+    Its position (current permutation, offset, generator state) is a ``state_dict`` so that
+    a resumed run draws exactly the meta batches the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, source, batch_size: int, generator: torch.Generator, device):
+        self.source = source
+        self.n = len(source)
+        if self.n == 0:
+            raise ValueError("the meta set is empty")
+        self.batch_size = min(int(batch_size), self.n)
+        self.generator = generator
+        self.device = torch.device(device)
+        self.order = None
+        self.offset = 0
+        self._array = isinstance(source, ArrayDataset)
+
+    def _next_positions(self):
+        if self.order is None or self.offset >= self.n:
+            self.order = torch.randperm(self.n, generator=self.generator)
+            self.offset = 0
+        chunk = self.order[self.offset : self.offset + self.batch_size]
+        self.offset += len(chunk)
+        return chunk
+
+    def next(self):
+        positions = self._next_positions()
+        if self._array:
+            x, y = self.source.batch(positions)
+            x = x[INPUT_KEY]
+        else:
+            items = [self.source[int(i)] for i in positions]
+            x, y = default_collate(items)
+            if isinstance(x, dict):
+                x = x[INPUT_KEY]
+        y = torch.as_tensor(y)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def state_dict(self):
+        return {
+            "order": None if self.order is None else self.order.clone(),
+            "offset": self.offset,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state):
+        self.order = None if state["order"] is None else state["order"].clone()
+        self.offset = int(state["offset"])
+        self.generator.set_state(state["generator"])
+
+
+@dataclass
+class FitData:
+    """Everything ``fit`` derives from (X, y, meta) before training."""
+
+    train: Dataset
+    y_train: np.ndarray  # encoded labels of the training rows (for stratified splits)
+    meta: Dataset
+    n_rows: int
+    classes: np.ndarray
+
+
+def _is_meta_pair(meta) -> bool:
+    if not isinstance(meta, (tuple, list)) or len(meta) != 2:
+        return False
+    return all(isinstance(m, Dataset) or np.ndim(m) >= 1 for m in meta)
+
+
+def _encode(labels: np.ndarray, classes: np.ndarray, what: str) -> np.ndarray:
+    codes = np.searchsorted(classes, labels)
+    codes = np.clip(codes, 0, len(classes) - 1)
+    unknown = classes[codes] != labels
+    if np.any(unknown):
+        bad = np.unique(labels[unknown])[:10]
+        raise ValueError(
+            f"{what} contains labels not among the training classes {list(classes)[:20]}: {list(bad)}"
+        )
+    return codes.astype(np.int64)
+
+
+def _meta_rows(meta, n_rows: int) -> np.ndarray:
+    arr = np.asarray(meta.detach().cpu() if isinstance(meta, torch.Tensor) else meta)
+    if arr.ndim != 1:
+        raise ValueError(
+            "meta must be a pair (X_meta, y_meta), a torch Dataset, or a 1-d boolean mask / "
+            f"integer index array over the rows of X; got an array of shape {arr.shape}"
+        )
+    if arr.dtype == bool:
+        if len(arr) != n_rows:
+            raise ValueError(
+                f"the boolean meta mask has length {len(arr)} but X has {n_rows} rows"
+            )
+        return np.flatnonzero(arr)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"a meta index array must hold integers (or be a boolean mask), got dtype {arr.dtype}"
+        )
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_rows):
+        raise ValueError(
+            f"meta index array has indices outside [0, {n_rows}) for X with {n_rows} rows"
+        )
+    if len(np.unique(arr)) != len(arr):
+        raise ValueError("meta index array contains repeated indices")
+    return arr
+
+
+def prepare_fit_data(X, y, meta, classes=None) -> FitData:
+    """Validate (X, y, meta), encode labels and build the train and meta datasets.
+
+    ``classes`` fixes the label set (``partial_fit`` after a first fit); otherwise the classes
+    are those present in y.
+    """
+    if meta is None:
+        raise ValueError(
+            "fit requires a clean meta set: fit(X, y, meta=(X_meta, y_meta)), meta=<torch Dataset>, "
+            "or meta=<boolean mask / index array over the rows of X>"
+        )
+    x_is_dataset = isinstance(X, Dataset) and not isinstance(X, torch.Tensor)
+    if x_is_dataset:
+        n_rows = len(X)
+        labels = dataset_targets(X, "X") if y is None else _labels_1d(y, "y")
+        X_t = None
+    else:
+        if y is None:
+            raise ValueError("y is required when X is an array or tensor")
+        X_t = _as_tensor(X, "X")
+        n_rows = len(X_t)
+        labels = _labels_1d(y, "y")
+    if len(labels) != n_rows:
+        raise ValueError(f"X has {n_rows} samples but y has {len(labels)} labels")
+    if n_rows == 0:
+        raise ValueError("X is empty")
+
+    # The meta set first: with a mask, its rows leave the training set.
+    meta_rows = None
+    if isinstance(meta, Dataset) and not isinstance(meta, torch.Tensor):
+        meta_kind = "dataset"
+    elif _is_meta_pair(meta):
+        meta_kind = "pair"
+    else:
+        meta_kind = "rows"
+        meta_rows = _meta_rows(meta, n_rows)
+        if len(meta_rows) == 0:
+            raise ValueError("the meta mask / index array selects no rows: the meta set is empty")
+        if len(meta_rows) == n_rows:
+            raise ValueError("the meta mask selects every row of X: nothing is left to train on")
+    train_rows = (
+        np.arange(n_rows) if meta_rows is None else np.setdiff1d(np.arange(n_rows), meta_rows)
+    )
+
+    if classes is None:
+        classes = np.unique(labels[train_rows])
+    classes = np.asarray(classes)
+    if len(classes) < 2:
+        raise ValueError(
+            f"the training labels contain a single class ({classes[0]!r}); a classifier needs at least two"
+        )
+    codes = _encode(labels, classes, "y")
+
+    if x_is_dataset:
+        identity = np.array_equal(classes, np.arange(len(classes)))
+        label_map = None if identity else {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
+        train = IndexedDataset(X, rows=train_rows, label_map=label_map)
+    else:
+        y_t = torch.from_numpy(codes)
+        train = ArrayDataset(X_t, y_t, rows=train_rows)
+
+    if meta_kind == "rows":
+        meta_ds = (
+            ArrayDataset(train.X, train.y, rows=meta_rows)
+            if not x_is_dataset
+            else IndexedDataset(X, rows=meta_rows, label_map=train.label_map)
+        )
+    elif meta_kind == "pair":
+        X_meta, y_meta = meta
+        if isinstance(X_meta, Dataset) and not isinstance(X_meta, torch.Tensor):
+            raise TypeError("pass a meta Dataset directly as meta=dataset, not inside a pair")
+        Xm = _as_tensor(X_meta, "X_meta")
+        ym = _labels_1d(y_meta, "y_meta")
+        if len(Xm) != len(ym):
+            raise ValueError(f"X_meta has {len(Xm)} samples but y_meta has {len(ym)} labels")
+        if len(Xm) == 0:
+            raise ValueError("the meta set (X_meta, y_meta) is empty")
+        sample_shape = tuple(X_t.shape[1:]) if X_t is not None else _item_shape(X)
+        if sample_shape is not None and tuple(Xm.shape[1:]) != sample_shape:
+            raise ValueError(
+                f"meta features have shape {tuple(Xm.shape[1:])} per sample but X has {sample_shape}"
+            )
+        meta_ds = ArrayDataset(Xm, torch.from_numpy(_encode(ym, classes, "y_meta")))
+    else:
+        if len(meta) == 0:
+            raise ValueError("the meta Dataset is empty")
+        meta_labels = dataset_targets(meta, "meta")
+        _encode(meta_labels, classes, "the meta set")
+        identity = np.array_equal(classes, np.arange(len(classes)))
+        label_map = None if identity else {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
+        meta_ds = IndexedDataset(meta, label_map=label_map)
+
+    return FitData(train=train, y_train=codes[train_rows], meta=meta_ds, n_rows=n_rows, classes=classes)
+
+
+def _item_shape(dataset):
+    try:
+        x = dataset[0][0]
+    except Exception:  # a dataset we cannot peek into: no shape check
+        return None
+    return tuple(x.shape) if hasattr(x, "shape") else None
+
+
+def check_batch_size(value, name):
+    if not isinstance(value, Integral) or isinstance(value, bool) or (value < 1 and value != -1):
+        raise ValueError(f"{name} must be a positive integer (or -1 for the whole set), got {value!r}")
+    return int(value)
