@@ -32,6 +32,7 @@ for the JVP by restoring the RNG state, so the exact path equals the unrolled on
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -358,7 +359,10 @@ class BilevelStep:
         if self._captured is not None and self._captured[1] is logits:
             head_input = self._captured[0].detach()
         self._captured = None
-        with fwAD.dual_level():
+        with warnings.catch_warnings(), fwAD.dual_level():
+            # torch loads its forward-AD decompositions through the deprecated torch.jit.script
+            # on first use; that warning is torch's, not the user's business.
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
             if head_input is not None:
                 # The head's output is the model's output: differentiate the head alone.
                 prefix = self.head_name + "."

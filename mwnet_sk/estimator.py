@@ -165,7 +165,9 @@ class MetaWeightClassifier(NeuralNetClassifier):
     True
     """
 
-    prefixes_ = NeuralNetClassifier.prefixes_ + ["weight_net", "meta_optimizer", "batch_transform"]
+    # weight_net_, meta_optimizer_ and batch_transform_ are created inside skorch's
+    # initialize_* contexts, so skorch registers them (prefix routing, device moves,
+    # CUDA-safe pickling) exactly like module_ and optimizer_.
 
     def __init__(
         self,
@@ -190,7 +192,6 @@ class MetaWeightClassifier(NeuralNetClassifier):
         channels_last=False,
         **kwargs,
     ):
-        super().__init__(module, criterion=criterion, train_split=train_split, **kwargs)
         self.meta_lr = meta_lr
         self.meta_optimizer = meta_optimizer
         self.meta_batch_size = meta_batch_size
@@ -206,6 +207,9 @@ class MetaWeightClassifier(NeuralNetClassifier):
         self.data_on_device = data_on_device
         self.precision = precision
         self.channels_last = channels_last
+        # skorch's __init__ comes last: once the net exists, skorch treats any torch component
+        # assigned to it (e.g. a WeightNet instance passed as weight_net) as a fitted one.
+        super().__init__(module, criterion=criterion, train_split=train_split, **kwargs)
 
     # ------------------------------------------------------------------ callbacks & params
     @property

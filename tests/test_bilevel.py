@@ -1,0 +1,311 @@
+"""The bilevel step against independent computations of Eqs. 3-5 of the paper."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mwnet_sk import MetaWeightClassifier, WeightNet
+from mwnet_sk.bilevel import BilevelStep, NonFiniteError, select_parameter_names
+
+from conftest import TinyMLP
+
+
+def per_sample_ce(logits, y):
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+# --------------------------------------------------------------------------- oracle
+def oracle_step(params, bn_state, theta, x, y, xm, ym, *, lr, momentum_wd, meta_lr, meta_opt, meta_wd, eps=1e-5, bn_momentum=0.1):
+    """Eqs. 3-5 written out by hand for Linear-BN-ReLU-Linear and a 1-h-1 sigmoid weight net.
+
+    Everything is a plain tensor; the BN running-statistics update, the SGD-with-momentum
+    first step and the SGD / Adam first step of the weight net are written explicitly.
+    """
+    W1, b1, gamma, beta, W2, b2 = params
+    rm, rv = bn_state
+
+    def forward(w, inputs):
+        W1, b1, gamma, beta, W2, b2 = w
+        h = inputs @ W1.T + b1
+        mu, var = h.mean(0), h.var(0, unbiased=False)
+        hn = (h - mu) / torch.sqrt(var + eps) * gamma + beta
+        return torch.relu(hn) @ W2.T + b2, mu, h.var(0, unbiased=True)
+
+    def weight_fn(th, losses):
+        Wa, ba, Wb, bb = th
+        return torch.sigmoid(torch.relu(losses[:, None] @ Wa.T + ba) @ Wb.T + bb)[:, 0]
+
+    w = [p.clone().requires_grad_(True) for p in params]
+    th = [p.clone().requires_grad_(True) for p in theta]
+    logits, mu, var_unbiased = forward(w, x)
+    losses = -torch.log_softmax(logits, 1)[torch.arange(len(y)), y]
+    # Eq. 3: virtual step, differentiable in Θ
+    V = weight_fn(th, losses.detach())
+    grads = torch.autograd.grad((V * losses).mean(), w, create_graph=True)
+    w_hat = [p - lr * g for p, g in zip(w, grads)]
+    meta_logits, _, _ = forward(w_hat, xm)
+    meta_loss = (-torch.log_softmax(meta_logits, 1)[torch.arange(len(ym)), ym]).mean()
+    # Eq. 4: one optimizer step of Θ
+    g_theta = torch.autograd.grad(meta_loss, th)
+    new_theta = []
+    for p, g in zip(th, g_theta):
+        g = g + meta_wd * p.detach()
+        if meta_opt == "sgd":
+            new_theta.append(p.detach() - meta_lr * g)
+        else:  # Adam, first step: m̂ = g, v̂ = g², update = lr · g / (|g| + eps)
+            new_theta.append(p.detach() - meta_lr * g / (g.abs() + 1e-8))
+    # Eq. 5: real step with Θ_new, SGD momentum 0.9 (first step: buffer = gradient)
+    V_new = weight_fn(new_theta, losses.detach()).detach()
+    real_grads = torch.autograd.grad((V_new * losses).mean(), w)
+    new_w = [p.detach() - lr * (g + momentum_wd * p.detach()) for p, g in zip(w, real_grads)]
+    new_rm = (1 - bn_momentum) * rm + bn_momentum * mu.detach()
+    new_rv = (1 - bn_momentum) * rv + bn_momentum * var_unbiased.detach()
+    return new_w, (new_rm, new_rv), new_theta, V_new, meta_loss.detach()
+
+
+class BNMLP(nn.Module):
+    def __init__(self, n_features=5, n_classes=3, hidden=6):
+        super().__init__()
+        self.lin = nn.Linear(n_features, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.fc = nn.Linear(hidden, n_classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.lin(x))))
+
+
+def _tensors(model):
+    return [model.lin.weight, model.lin.bias, model.bn.weight, model.bn.bias, model.fc.weight, model.fc.bias]
+
+
+@pytest.mark.parametrize("meta_gradient", ["exact", "unrolled"])
+@pytest.mark.parametrize("meta_opt", ["sgd", "adam"])
+def test_one_estimator_step_matches_independent_equations(meta_gradient, meta_opt):
+    torch.manual_seed(0)
+    n, m = 16, 8
+    X = torch.randn(n, 5)
+    y = torch.arange(n) % 3
+    Xm = torch.randn(m, 5)
+    ym = torch.arange(m) % 3
+    model = BNMLP()
+    with torch.no_grad():  # non-trivial BN affine parameters and running statistics
+        model.bn.weight.uniform_(0.5, 1.5)
+        model.bn.bias.uniform_(-0.5, 0.5)
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    wnet = WeightNet(hidden_size=4)
+    params0 = [p.detach().double().clone() for p in _tensors(model)]
+    bn0 = (model.bn.running_mean.double().clone(), model.bn.running_var.double().clone())
+    theta0 = [wnet.hidden.weight, wnet.hidden.bias, wnet.output.weight, wnet.output.bias]
+    theta0 = [p.detach().double().clone() for p in theta0]
+
+    clf = MetaWeightClassifier(
+        model,
+        weight_net=wnet,
+        lr=0.5,
+        optimizer__momentum=0.9,
+        optimizer__weight_decay=5e-4,
+        meta_lr=0.3,
+        meta_optimizer=torch.optim.SGD if meta_opt == "sgd" else torch.optim.Adam,
+        meta_gradient=meta_gradient,
+        batch_size=n,
+        meta_batch_size=m,
+        max_epochs=1,
+        verbose=0,
+    )
+    clf.fit(X.numpy(), y.numpy(), meta=(Xm.numpy(), ym.numpy()))
+
+    new_w, (rm, rv), new_theta, V_new, meta_loss = oracle_step(
+        params0, bn0, theta0, X.double(), y, Xm.double(), ym,
+        lr=0.5, momentum_wd=5e-4, meta_lr=0.3, meta_opt=meta_opt, meta_wd=1e-4,
+    )
+    for got, want in zip(_tensors(clf.module_), new_w):
+        torch.testing.assert_close(got.detach().double(), want, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(clf.module_.bn.running_mean.double(), rm, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(clf.module_.bn.running_var.double(), rv, atol=1e-6, rtol=1e-5)
+    assert int(clf.module_.bn.num_batches_tracked) == 1  # one real forward, no more
+    wn = clf.weight_net_
+    for got, want in zip([wn.hidden.weight, wn.hidden.bias, wn.output.weight, wn.output.bias], new_theta):
+        torch.testing.assert_close(got.detach().double(), want, atol=2e-5, rtol=1e-4)
+    # the weight net actually moved, so the comparison is not vacuous
+    assert max((a.double() - b).abs().max() for a, b in zip(wn.parameters(), theta0)) > 1e-3
+    np.testing.assert_allclose(clf.sample_weights_, V_new.numpy(), atol=2e-5)
+    np.testing.assert_allclose(clf.history[-1, "meta_loss"], meta_loss.item(), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- exact vs unrolled
+class DropoutBNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(4 * 5 * 5, 4)
+
+    def forward(self, x):
+        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+class ScaledHead(DropoutBNNet):
+    """The output is not the head's output: the head shortcut must not be taken."""
+
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+def _run_step(net_cls, meta_gradient, meta_params="all", normalize=False, seed=0):
+    torch.manual_seed(seed)
+    model = net_cls().double()
+    wnet = WeightNet(8).double()
+    # two parameter groups with different step sizes: α is per group
+    opt = torch.optim.SGD(
+        [{"params": [model.conv.weight, model.conv.bias], "lr": 0.05},
+         {"params": [p for n, p in model.named_parameters() if not n.startswith("conv")]}],
+        lr=0.2, momentum=0.9,
+    )
+    mopt = torch.optim.SGD(wnet.parameters(), lr=1.0)
+    step = BilevelStep(model, wnet, per_sample_ce, opt, mopt, meta_gradient=meta_gradient,
+                       meta_params=meta_params, normalize_weights=normalize)
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(10, 3, 5, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (10,), generator=g)
+    xm = torch.randn(7, 3, 5, 5, generator=g, dtype=torch.float64)
+    ym = torch.randint(0, 4, (7,), generator=g)
+    torch.manual_seed(99)  # same dropout masks in every variant
+    result = step.step(x, y, xm, ym)
+    return model, wnet, result
+
+
+@pytest.mark.parametrize("net_cls", [DropoutBNNet, ScaledHead])
+@pytest.mark.parametrize("meta_params", ["all", "last", ["conv.weight", "fc.bias"]])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_exact_equals_unrolled(net_cls, meta_params, normalize):
+    m_exact, w_exact, r_exact = _run_step(net_cls, "exact", meta_params, normalize)
+    m_unr, w_unr, r_unr = _run_step(net_cls, "unrolled", meta_params, normalize)
+    for a, b in zip(w_exact.parameters(), w_unr.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    for a, b in zip(m_exact.state_dict().values(), m_unr.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(r_exact.weights, r_unr.weights)
+    # and the weight net did change
+    torch.manual_seed(0)
+    _ = net_cls()
+    fresh = WeightNet(8).double()
+    assert max((a - b).abs().max() for a, b in zip(w_exact.parameters(), fresh.parameters())) > 1e-6
+
+
+def test_head_shortcut_is_taken_only_when_the_head_is_the_output():
+    torch.manual_seed(0)
+    for cls, expect_head in [(DropoutBNNet, True), (ScaledHead, True)]:
+        model = cls()
+        step = BilevelStep(model, WeightNet(), per_sample_ce, torch.optim.SGD(model.parameters(), 0.1),
+                           torch.optim.SGD(WeightNet().parameters(), 0.1), meta_params="last")
+        assert (step.head_name == "fc") is expect_head
+        logits, _ = step.forward_train(torch.randn(4, 3, 5, 5), torch.zeros(4, dtype=torch.long))
+        # identity check decides at run time: the scaled model's output is not fc's output
+        assert (step._captured[1] is logits) is (cls is DropoutBNNet)
+
+
+def test_finite_difference_mode_close_to_exact():
+    _, w_fd, _ = _run_step(DropoutBNNet, "finite_difference")
+    _, w_exact, _ = _run_step(DropoutBNNet, "exact")
+    for a, b in zip(w_fd.parameters(), w_exact.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_weight_net_gradient_matches_finite_differences():
+    """Central differences of Θ -> L_meta(ŵ(Θ)) against the gradient the fast path writes."""
+    torch.manual_seed(3)
+    model = BNMLP(4, 3, 5).double()
+    wnet = WeightNet(3).double()
+    x, y = torch.randn(9, 4, dtype=torch.float64), torch.arange(9) % 3
+    xm, ym = torch.randn(6, 4, dtype=torch.float64), torch.arange(6) % 3
+    lr = 0.7
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def meta_loss_of(theta_vec):
+        net = copy.deepcopy(wnet)
+        torch.nn.utils.vector_to_parameters(theta_vec, net.parameters())
+        mdl = copy.deepcopy(model)
+        logits = mdl(x)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        with torch.no_grad():
+            v = net(losses.detach()[:, None])[:, 0]
+        grads = torch.autograd.grad((v * losses).mean(), list(mdl.parameters()))
+        with torch.no_grad():
+            for p, g in zip(mdl.parameters(), grads):
+                p -= lr * g
+            return F.cross_entropy(mdl(xm), ym).item()
+
+    step = BilevelStep(model, wnet, per_sample_ce, opt, torch.optim.SGD(wnet.parameters(), 0.0))
+    logits, losses = step.forward_train(x, y)
+    step.meta_gradient_(x, y, logits, losses, xm, ym)
+    analytic = torch.cat([p.grad.reshape(-1) for p in wnet.parameters()])
+
+    theta = torch.nn.utils.parameters_to_vector(wnet.parameters()).detach()
+    numeric = torch.zeros_like(theta)
+    h = 1e-6
+    for i in range(len(theta)):
+        e = torch.zeros_like(theta)
+        e[i] = h
+        numeric[i] = (meta_loss_of(theta + e) - meta_loss_of(theta - e)) / (2 * h)
+    assert analytic.abs().max() > 1e-6
+    torch.testing.assert_close(analytic, numeric, atol=1e-7, rtol=1e-4)
+
+
+def test_meta_and_virtual_forwards_leave_running_stats_alone():
+    torch.manual_seed(0)
+    model = DropoutBNNet()
+    reference = copy.deepcopy(model)
+    wnet = WeightNet()
+    step = BilevelStep(model, wnet, per_sample_ce, torch.optim.SGD(model.parameters(), lr=0.1),
+                       torch.optim.Adam(wnet.parameters(), 1e-3))
+    x, y = torch.randn(8, 3, 5, 5), torch.randint(0, 4, (8,))
+    step.step(x, y, torch.randn(8, 3, 5, 5) * 5 + 3, torch.randint(0, 4, (8,)))
+    reference.train()
+    reference(x)  # one plain forward of the train batch
+    torch.testing.assert_close(model.bn.running_mean, reference.bn.running_mean)
+    torch.testing.assert_close(model.bn.running_var, reference.bn.running_var)
+    assert model.bn.num_batches_tracked.item() == 1
+
+
+def test_meta_interval_step_skips_weight_net():
+    torch.manual_seed(0)
+    model, wnet = DropoutBNNet(), WeightNet()
+    before = copy.deepcopy(wnet.state_dict())
+    step = BilevelStep(model, wnet, per_sample_ce, torch.optim.SGD(model.parameters(), lr=0.1),
+                       torch.optim.Adam(wnet.parameters(), 1e-2))
+    r = step.step(torch.randn(8, 3, 5, 5), torch.randint(0, 4, (8,)), update_weight_net=False)
+    assert r.meta_loss is None
+    for k, v in wnet.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_nonfinite_loss_raises_before_any_write():
+    torch.manual_seed(0)
+    model, wnet = DropoutBNNet(), WeightNet()
+    snapshot = copy.deepcopy((model.state_dict(), wnet.state_dict()))
+    step = BilevelStep(model, wnet, per_sample_ce, torch.optim.SGD(model.parameters(), lr=0.1),
+                       torch.optim.Adam(wnet.parameters(), 1e-2))
+    x = torch.randn(8, 3, 5, 5)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError):
+        step.step(x, torch.randint(0, 4, (8,)), torch.randn(8, 3, 5, 5), torch.randint(0, 4, (8,)))
+    for k, v in wnet.state_dict().items():
+        torch.testing.assert_close(v, snapshot[1][k])
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p, snapshot[0][n])
+
+
+def test_select_parameter_names():
+    model = DropoutBNNet()
+    assert select_parameter_names(model, "last") == ["fc.weight", "fc.bias"]
+    assert len(select_parameter_names(model, "all")) == 6
+    with pytest.raises(ValueError, match="not trainable parameters"):
+        select_parameter_names(model, ["nope"])
+    with pytest.raises(ValueError, match="'all', 'last'"):
+        select_parameter_names(model, "first")
