@@ -1,0 +1,271 @@
+"""Vectorised, device-side batch augmentation for image tensors.
+
+When the whole (uint8) training set lives on the accelerator and batches are
+indexed from it, augmentation has to run per batch on the device, without any
+per-sample Python. :class:`BatchAugment` does the standard CIFAR recipe that way:
+
+- ``train()`` mode: random crop from the zero-padded image (one random offset per
+  sample) and random horizontal flip (one coin per sample), both done by a single
+  advanced-indexing gather; then conversion to float and normalisation.
+- ``eval()`` mode: conversion to float and normalisation only (plus a centre crop
+  when ``crop_size`` is smaller than the image).
+
+Zero padding is applied to the *raw* pixels, before normalisation, exactly like
+``torchvision.transforms.RandomCrop(32, padding=4)`` on a PIL image followed by
+``ToTensor()`` and ``Normalize(mean, std)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "BatchAugment",
+    "cifar_augment",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
+
+#: CIFAR-10 per-channel mean of the training images (in [0, 1] units).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+#: CIFAR-10 per-channel standard deviation over all training pixels. These are the
+#: true pixel statistics (the MW-Net code's ``[63.0, 62.1, 66.7] / 255``), not the
+#: frequently copied ``(0.2023, 0.1994, 0.2010)``.
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+#: CIFAR-100 per-channel mean of the training images.
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+#: CIFAR-100 per-channel standard deviation over all training pixels.
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+#: ImageNet statistics (used for pretrained ResNet-50 on Clothing1M).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+#: ImageNet statistics (used for pretrained ResNet-50 on Clothing1M).
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_LAYOUTS = ("auto", "NCHW", "NHWC")
+
+
+def _pair(value, name: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        value = (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2 or min(value) < 1:
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints; got {value!r}")
+    return value
+
+
+class BatchAugment(nn.Module):
+    """Random crop + horizontal flip + normalisation of a whole batch, on its device.
+
+    Parameters
+    ----------
+    mean : float or sequence of float
+        Per-channel mean in [0, 1] units (one value per channel, or a single
+        value for all channels).
+    std : float or sequence of float
+        Per-channel standard deviation in [0, 1] units.
+    crop_padding : int, default=4
+        Zero padding added on each side before the random crop (train mode only).
+    flip : bool, default=True
+        Whether to flip each sample horizontally with probability 1/2 (train mode only).
+    crop_size : int or (int, int), default=None
+        Output spatial size ``(h, w)``; ``None`` keeps the input size. In train mode
+        the crop window is drawn uniformly among all positions inside the padded
+        image; in eval mode a centre crop is taken (no padding).
+    layout : {"auto", "NCHW", "NHWC"}, default="auto"
+        Layout of the input batch. ``"auto"`` reads the input as NHWC when its last
+        dimension equals the number of channels ``C`` and its dimension 1 does not,
+        and as NCHW otherwise. ``C`` is ``len(mean)`` when several values are
+        given, else 1 or 3. Pass the layout explicitly when images can be ambiguous
+        (e.g. 3x3 images with 3 channels). A 3-d input ``(N, H, W)`` is read as
+        single-channel.
+    generator : torch.Generator, default=None
+        Source of randomness; must live on the device of the batches. ``None`` uses
+        torch's default generator for that device, so results are reproducible
+        under ``torch.manual_seed``.
+    dtype : torch.dtype, default=torch.float32
+        Output floating dtype.
+
+    Notes
+    -----
+    Input: uint8 batches are scaled by 1/255; floating batches are assumed to be in
+    [0, 1] already. Output: a contiguous ``(N, C, h, w)`` tensor of ``dtype``, on the
+    input's device, equal to ``(x / 255 - mean) / std``.
+
+    The random crop and the flip are one gather with per-sample index arithmetic:
+    the batch is padded once, a row index ``dy_n + i`` and a column index
+    ``dx_n + j`` (or ``dx_n + w - 1 - j`` for flipped samples) are built for every
+    sample ``n``, and the pixels are picked by advanced indexing. Per call the
+    module draws, in this order, ``N`` row offsets, ``N`` column offsets and ``N``
+    flip coins. There is no Python loop over samples.
+
+    Examples
+    --------
+    >>> aug = BatchAugment(CIFAR10_MEAN, CIFAR10_STD)
+    >>> x = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)  # NHWC, as in CIFAR files
+    >>> aug(x).shape
+    torch.Size([8, 3, 32, 32])
+    >>> aug.eval()(x).shape
+    torch.Size([8, 3, 32, 32])
+    """
+
+    def __init__(
+        self,
+        mean: float | Sequence[float],
+        std: float | Sequence[float],
+        crop_padding: int = 4,
+        flip: bool = True,
+        crop_size: int | tuple[int, int] | None = None,
+        layout: str = "auto",
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean_t.numel() != std_t.numel() and 1 not in (mean_t.numel(), std_t.numel()):
+            raise ValueError(f"mean and std have different lengths ({mean_t.numel()} vs {std_t.numel()})")
+        if (std_t <= 0).any():
+            raise ValueError("std must be positive")
+        if int(crop_padding) < 0:
+            raise ValueError(f"crop_padding must be >= 0; got {crop_padding!r}")
+        if layout not in _LAYOUTS:
+            raise ValueError(f"layout must be one of {_LAYOUTS}; got {layout!r}")
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype; got {dtype}")
+        self.crop_padding = int(crop_padding)
+        self.flip = bool(flip)
+        self.crop_size = _pair(crop_size, "crop_size")
+        self.layout = layout
+        self.generator = generator
+        self.dtype = dtype
+        self.register_buffer("mean", mean_t, persistent=False)
+        self.register_buffer("std", std_t, persistent=False)
+
+    @property
+    def num_channels(self) -> int | None:
+        """int or None : Number of channels implied by ``mean``/``std`` (None if scalar)."""
+        n = max(self.mean.numel(), self.std.numel())
+        return n if n > 1 else None
+
+    def extra_repr(self) -> str:
+        return (
+            f"mean={tuple(round(v, 4) for v in self.mean.tolist())}, "
+            f"std={tuple(round(v, 4) for v in self.std.tolist())}, crop_padding={self.crop_padding}, "
+            f"flip={self.flip}, crop_size={self.crop_size}, layout={self.layout!r}"
+        )
+
+    def _to_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        """Return a (possibly non-contiguous) NHWC view of ``x``."""
+        if x.dim() == 3:
+            return x.unsqueeze(-1)
+        if x.dim() != 4:
+            raise ValueError(f"expected a batch of shape (N, C, H, W), (N, H, W, C) or (N, H, W); got {tuple(x.shape)}")
+        layout = self.layout
+        if layout == "auto":
+            c = self.num_channels
+            if c is None:
+                nhwc = x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3)
+            else:
+                nhwc = x.shape[-1] == c and x.shape[1] != c
+            layout = "NHWC" if nhwc else "NCHW"
+        return x if layout == "NHWC" else x.permute(0, 2, 3, 1)
+
+    def _randint(self, high: int, n: int, device: torch.device) -> torch.Tensor:
+        return torch.randint(0, high, (n,), device=device, generator=self.generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Augment (train mode) or just convert (eval mode) a batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            uint8 (0-255) or floating ([0, 1]) batch, ``(N, C, H, W)``, ``(N, H, W, C)``
+            or ``(N, H, W)``, on any device.
+
+        Returns
+        -------
+        torch.Tensor
+            Normalised batch of shape ``(N, C, h, w)`` and dtype ``self.dtype``.
+
+        Raises
+        ------
+        ValueError
+            If the input's shape, channel count or size does not fit the settings.
+        """
+        x = self._to_nhwc(x)
+        n, h, w, c = x.shape
+        if self.num_channels is not None and c != self.num_channels:
+            raise ValueError(f"input has {c} channels but mean/std have {self.num_channels}")
+        ch, cw = self.crop_size if self.crop_size is not None else (h, w)
+        device = x.device
+        if self.training and (self.crop_padding > 0 or self.flip or (ch, cw) != (h, w)):
+            p = self.crop_padding
+            if ch > h + 2 * p or cw > w + 2 * p:
+                raise ValueError(f"crop_size {(ch, cw)} exceeds the padded image size {(h + 2 * p, w + 2 * p)}")
+            if p > 0:
+                x = F.pad(x, (0, 0, p, p, p, p))  # NHWC: pad W then H, not C
+            dy = self._randint(h + 2 * p - ch + 1, n, device)
+            dx = self._randint(w + 2 * p - cw + 1, n, device)
+            rows = dy[:, None] + torch.arange(ch, device=device)  # (N, ch)
+            cols = torch.arange(cw, device=device).expand(n, cw)  # (N, cw)
+            if self.flip:
+                flipped = self._randint(2, n, device).bool()
+                cols = torch.where(flipped[:, None], cw - 1 - cols, cols)
+            cols = dx[:, None] + cols
+            batch = torch.arange(n, device=device)[:, None, None]
+            x = x[batch, rows[:, :, None], cols[:, None, :]]  # (N, ch, cw, C)
+        elif (ch, cw) != (h, w):
+            if ch > h or cw > w:
+                raise ValueError(f"crop_size {(ch, cw)} exceeds the image size {(h, w)} in eval mode")
+            top, left = (h - ch) // 2, (w - cw) // 2
+            x = x[:, top : top + ch, left : left + cw, :]
+        out = x.permute(0, 3, 1, 2)
+        if out.dtype == torch.uint8:
+            out = out.to(self.dtype) / 255.0
+        else:
+            out = out.to(self.dtype)
+        mean = self.mean.to(device=device, dtype=self.dtype)[:, None, None]
+        std = self.std.to(device=device, dtype=self.dtype)[:, None, None]
+        return ((out - mean) / std).contiguous()
+
+
+def cifar_augment(dataset: str = "cifar10", **kwargs) -> BatchAugment:
+    """Standard CIFAR training augmentation: pad-4 random crop, flip, normalise.
+
+    Parameters
+    ----------
+    dataset : {"cifar10", "cifar100"}, default="cifar10"
+        Which statistics to normalise with: CIFAR-10 mean (0.4914, 0.4822, 0.4465)
+        and std (0.2470, 0.2435, 0.2616), or CIFAR-100 mean (0.5071, 0.4865, 0.4409)
+        and std (0.2673, 0.2564, 0.2762). The CIFAR-10 std is the true per-pixel std
+        (as in the official MW-Net code), not the classic (0.2023, 0.1994, 0.2010).
+    **kwargs
+        Passed to :class:`BatchAugment` (e.g. ``crop_padding``, ``flip``, ``layout``,
+        ``generator``).
+
+    Returns
+    -------
+    BatchAugment
+        In train mode by default; call ``.eval()`` for test-time conversion.
+
+    Raises
+    ------
+    ValueError
+        If ``dataset`` is not ``"cifar10"`` or ``"cifar100"``.
+    """
+    key = str(dataset).lower().replace("-", "").replace("_", "")
+    stats = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
+    if key not in stats:
+        raise ValueError(f"unknown dataset {dataset!r}; expected 'cifar10' or 'cifar100'")
+    mean, std = stats[key]
+    return BatchAugment(mean, std, **kwargs)
