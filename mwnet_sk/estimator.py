@@ -25,6 +25,7 @@ from ._data import (
     prepare_fit_data,
 )
 from .bilevel import META_GRADIENTS, BilevelStep, NonFiniteError
+from .callbacks import FinitePassthroughScoring, LoadInitState
 from .weight_net import WeightFunction, WeightNet
 
 __all__ = ["MetaWeightClassifier", "TrainingDivergedError"]
@@ -216,7 +217,7 @@ class MetaWeightClassifier(NeuralNetClassifier):
     def _default_callbacks(self):
         return [
             ("epoch_timer", EpochTimer()),
-            ("train_loss", PassthroughScoring(name="train_loss", on_train=True)),
+            ("train_loss", FinitePassthroughScoring(name="train_loss", on_train=True)),
             ("valid_loss", PassthroughScoring(name="valid_loss")),
             ("valid_acc", EpochScoring(_encoded_accuracy, name="valid_acc", lower_is_better=False)),
             ("print_log", PrintLog()),
@@ -260,7 +261,8 @@ class MetaWeightClassifier(NeuralNetClassifier):
             torch.manual_seed(self.seed_)
         self.n_steps_ = 0
         # A fresh fit forgets where the previous one stopped.
-        for name in ("train_generator_state_", "meta_sampler_state_", "sample_weights_", "sample_losses_"):
+        for name in ("train_generator_state_", "meta_sampler_state_", "sample_weights_", "sample_losses_",
+                     "resume_from_epoch_", "sample_weights_history_"):
             vars(self).pop(name, None)
         super().initialize()
         return self
@@ -405,9 +407,11 @@ class MetaWeightClassifier(NeuralNetClassifier):
         -------
         self
         """
-        if not self.warm_start or not self.initialized_:
+        fresh = not self.warm_start or not self.initialized_
+        data = self._prepare_data(X, y, meta, fresh=fresh)  # bad input fails before anything is built
+        if fresh:
             self.initialize()
-        return self.partial_fit(X, y, meta=meta, _routing_method="fit", **fit_params)
+        return self._train(data, "fit", fit_params)
 
     def partial_fit(self, X, y=None, classes=None, meta=None, **fit_params):
         """Continue training for ``max_epochs`` epochs without re-initialising.
@@ -415,22 +419,87 @@ class MetaWeightClassifier(NeuralNetClassifier):
         Same arguments as :meth:`fit`; ``classes`` may list every label up front (labels are
         otherwise fixed by the first call).
         """
-        routing_method = fit_params.pop("_routing_method", "partial_fit")
+        data = self._prepare_data(X, y, meta, fresh=not self.initialized_, classes=classes)
+        if not self.initialized_:
+            self.initialize()
+        return self._train(data, "partial_fit", fit_params)
+
+    def _prepare_data(self, X, y, meta, *, fresh, classes=None):
+        self._check_hyperparameters()
         known = classes
-        if known is None and self.initialized_ and hasattr(self, "classes_inferred_"):
+        if known is None and not fresh and hasattr(self, "classes_inferred_"):
             known = self.classes_inferred_
         if self.classes is not None:
             known = np.asarray(self.classes)
-        data = prepare_fit_data(X, y, meta, classes=known)
-        if not self.initialized_:
-            self.initialize()
-        self._check_hyperparameters()
+        return prepare_fit_data(X, y, meta, classes=known)
+
+    def _train(self, data, routing_method, fit_params):
         self.classes_inferred_ = data.classes
         self._begin_training(data)
         try:
+            # Checkpoints are restored before any callback's on_train_begin, so that e.g. an
+            # LRScheduler builds its schedule from the restored history and optimizer.
+            for _, callback in self.callbacks_:
+                if isinstance(callback, LoadInitState) and not callback.did_load_:
+                    callback.restore(self)
             super().partial_fit(data.train, data.y_train, _routing_method=routing_method, **fit_params)
         finally:
             self._end_training()
+        return self
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's loop; after a resumed checkpoint, only the epochs missing to ``max_epochs``."""
+        resumed = vars(self).pop("resume_from_epoch_", None)
+        if epochs is None and resumed is not None:
+            epochs = max(self.max_epochs - resumed, 0)
+        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+
+    def training_state_dict(self) -> dict:
+        """Everything beyond parameters and history that a resumed run needs (tensors and ints,
+        loadable with ``torch.load(..., weights_only=True)``)."""
+        live = hasattr(self, "meta_sampler_")
+        state = {
+            "n_steps": int(self.n_steps_),
+            "seed": int(self.seed_),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "train_generator": self.train_generator_.get_state() if live else self.train_generator_state_,
+            "meta_sampler": self.meta_sampler_.state_dict() if live else self.meta_sampler_state_,
+            "sample_weights": (self.sample_weight_buffer_.cpu() if live
+                               else torch.as_tensor(self.sample_weights_, dtype=torch.float32)),
+            "sample_losses": (self.sample_loss_buffer_.cpu() if live
+                              else torch.as_tensor(self.sample_losses_, dtype=torch.float32)),
+        }
+        history = getattr(self, "sample_weights_history_", None)
+        if history is not None:
+            state["sample_weights_history"] = torch.from_numpy(np.ascontiguousarray(history))
+        return state
+
+    def load_training_state_dict(self, state: dict):
+        """Restore :meth:`training_state_dict` output (during training, into the live run)."""
+        n_rows = len(state["sample_weights"])
+        if hasattr(self, "sample_weight_buffer_") and len(self.sample_weight_buffer_) != n_rows:
+            raise ValueError(
+                f"the checkpoint was made with {n_rows} training rows but this fit has "
+                f"{len(self.sample_weight_buffer_)}: resume with the same data"
+            )
+        self.n_steps_ = int(state["n_steps"])
+        self.seed_ = int(state["seed"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if hasattr(self, "meta_sampler_"):
+            self.train_generator_.set_state(state["train_generator"])
+            self.meta_sampler_.load_state_dict(state["meta_sampler"])
+            self.sample_weight_buffer_.copy_(state["sample_weights"])
+            self.sample_loss_buffer_.copy_(state["sample_losses"])
+        else:
+            self.train_generator_state_ = state["train_generator"]
+            self.meta_sampler_state_ = state["meta_sampler"]
+            self.sample_weights_ = state["sample_weights"].numpy().astype(np.float64)
+            self.sample_losses_ = state["sample_losses"].numpy().astype(np.float64)
+        if "sample_weights_history" in state:
+            self.sample_weights_history_ = state["sample_weights_history"].numpy()
         return self
 
     def _begin_training(self, data):
