@@ -34,17 +34,34 @@ def is_array_like(obj) -> bool:
 
 def _as_tensor(X, what: str) -> torch.Tensor:
     """X as a tensor; floating data become float32 (what modules expect)."""
+    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(
+            f"{what} is a sparse matrix; sparse input is not supported, pass a dense array (X.toarray())"
+        )
     if isinstance(X, torch.Tensor):
         t = X.detach()
     else:
         arr = np.asarray(X)
         if arr.dtype == object:
-            raise TypeError(f"{what} has dtype object; pass numeric arrays or a torch Dataset")
+            try:
+                arr = arr.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{what} has dtype object and could not be converted to numbers: {exc}") from exc
+        if np.iscomplexobj(arr):
+            raise ValueError(f"Complex data not supported: {what} holds complex numbers")
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.is_floating_point() and t.dtype != torch.float32:
         t = t.float()
     if t.ndim == 0:
         raise ValueError(f"{what} must have at least one dimension, got a scalar")
+    if t.ndim == 1:
+        raise ValueError(
+            f"Expected 2D array, got 1D array instead for {what}: Reshape your data either using "
+            "X.reshape(-1, 1) if your data has a single feature or X.reshape(1, -1) if it contains "
+            "a single sample."
+        )
+    if t.ndim >= 2 and t.shape[1] == 0:
+        raise ValueError(f"{what} has 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is required.")
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).reshape(len(t), -1).any(1).sum())
         raise ValueError(f"{what} contains NaN or infinite values (in {bad} rows)")
@@ -52,13 +69,21 @@ def _as_tensor(X, what: str) -> torch.Tensor:
 
 
 def _labels_1d(y, what: str) -> np.ndarray:
+    from sklearn.utils.multiclass import check_classification_targets
+
     arr = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr.ravel()
+        from sklearn.utils.validation import column_or_1d
+
+        arr = column_or_1d(arr, warn=True)  # DataConversionWarning, as in scikit-learn
     if arr.ndim != 1:
         raise ValueError(f"{what} must be 1-dimensional class labels, got shape {arr.shape}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"{what} contains NaN or infinite values")
+    if arr.dtype == object:
+        arr = arr.astype(str) if all(isinstance(v, str) for v in arr) else arr
+    if len(arr):
+        check_classification_targets(arr)  # "Unknown label type: continuous" for regression targets
     return arr
 
 
@@ -247,12 +272,13 @@ class FitData:
     meta: Dataset
     n_rows: int
     classes: np.ndarray
+    sample_shape: tuple | None = None  # per-sample shape of array inputs (None for Datasets)
 
 
 def _is_meta_pair(meta) -> bool:
     if not isinstance(meta, (tuple, list)) or len(meta) != 2:
         return False
-    return all(isinstance(m, Dataset) or np.ndim(m) >= 1 for m in meta)
+    return all(isinstance(m, (Dataset, torch.Tensor)) or np.asarray(m).ndim >= 1 for m in meta)
 
 
 def _encode(labels: np.ndarray, classes: np.ndarray, what: str) -> np.ndarray:
@@ -300,11 +326,6 @@ def prepare_fit_data(X, y, meta, classes=None) -> FitData:
     ``classes`` fixes the label set (``partial_fit`` after a first fit); otherwise the classes
     are those present in y.
     """
-    if meta is None:
-        raise ValueError(
-            "fit requires a clean meta set: fit(X, y, meta=(X_meta, y_meta)), meta=<torch Dataset>, "
-            "or meta=<boolean mask / index array over the rows of X>"
-        )
     x_is_dataset = isinstance(X, Dataset) and not isinstance(X, torch.Tensor)
     if x_is_dataset:
         n_rows = len(X)
@@ -312,14 +333,25 @@ def prepare_fit_data(X, y, meta, classes=None) -> FitData:
         X_t = None
     else:
         if y is None:
-            raise ValueError("y is required when X is an array or tensor")
+            raise ValueError(
+                "MetaWeightClassifier requires y to be passed, but the target y is None "
+                "(only a torch Dataset X carries its own labels)"
+            )
         X_t = _as_tensor(X, "X")
         n_rows = len(X_t)
         labels = _labels_1d(y, "y")
     if len(labels) != n_rows:
         raise ValueError(f"X has {n_rows} samples but y has {len(labels)} labels")
     if n_rows == 0:
-        raise ValueError("X is empty")
+        raise ValueError("X is empty: 0 samples")
+    if n_rows == 1:
+        raise ValueError("X has n_samples=1: one sample cannot be split into training rows and a meta set")
+
+    if meta is None:
+        raise ValueError(
+            "fit requires a clean meta set: fit(X, y, meta=(X_meta, y_meta)), meta=<torch Dataset>, "
+            "or meta=<boolean mask / index array over the rows of X>"
+        )
 
     # The meta set first: with a mask, its rows leave the training set.
     meta_rows = None
@@ -386,7 +418,14 @@ def prepare_fit_data(X, y, meta, classes=None) -> FitData:
         label_map = None if identity else {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
         meta_ds = IndexedDataset(meta, label_map=label_map)
 
-    return FitData(train=train, y_train=codes[train_rows], meta=meta_ds, n_rows=n_rows, classes=classes)
+    return FitData(
+        train=train,
+        y_train=codes[train_rows],
+        meta=meta_ds,
+        n_rows=n_rows,
+        classes=classes,
+        sample_shape=None if X_t is None else tuple(X_t.shape[1:]),
+    )
 
 
 def _item_shape(dataset):
@@ -395,6 +434,17 @@ def _item_shape(dataset):
     except Exception:  # a dataset we cannot peek into: no shape check
         return None
     return tuple(x.shape) if hasattr(x, "shape") else None
+
+
+def check_sample_shape(shape, expected, estimator_name: str, what: str = "X"):
+    """sklearn-style error when an array's per-sample shape differs from the one fitted on."""
+    if expected is None or shape is None or tuple(shape) == tuple(expected):
+        return
+    if len(shape) == 1 and len(expected) == 1:
+        raise ValueError(
+            f"{what} has {shape[0]} features, but {estimator_name} is expecting {expected[0]} features as input."
+        )
+    raise ValueError(f"{what} has per-sample shape {tuple(shape)}, but {estimator_name} was fitted on {tuple(expected)}.")
 
 
 def check_batch_size(value, name):

@@ -10,6 +10,7 @@ import torch
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EpochScoring, EpochTimer, PassthroughScoring, PrintLog
 from skorch.utils import TeeGenerator, to_device
+from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from torch.utils.data import DataLoader
 
@@ -21,6 +22,7 @@ from ._data import (
     MetaSampler,
     _as_tensor,
     check_batch_size,
+    check_sample_shape,
     is_array_like,
     prepare_fit_data,
 )
@@ -223,6 +225,13 @@ class MetaWeightClassifier(NeuralNetClassifier):
             ("print_log", PrintLog()),
         ]
 
+    def get_params(self, deep=True, **kwargs):
+        params = super().get_params(deep=deep, **kwargs)
+        # skorch's bookkeeping set, rebuilt by __init__ from the keyword arguments; as a
+        # "parameter" it would be cloned and set like one.
+        params.pop("_params_to_validate", None)
+        return params
+
     def _check_hyperparameters(self):
         def positive_finite(name, value):
             if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) or value <= 0:
@@ -262,7 +271,7 @@ class MetaWeightClassifier(NeuralNetClassifier):
         self.n_steps_ = 0
         # A fresh fit forgets where the previous one stopped.
         for name in ("train_generator_state_", "meta_sampler_state_", "sample_weights_", "sample_losses_",
-                     "resume_from_epoch_", "sample_weights_history_"):
+                     "resume_from_epoch_", "sample_weights_history_", "input_shape_", "n_features_in_"):
             vars(self).pop(name, None)
         super().initialize()
         return self
@@ -343,7 +352,9 @@ class MetaWeightClassifier(NeuralNetClassifier):
         """Arrays and tensors become an in-memory dataset that is batched by tensor indexing."""
         if isinstance(X, (ArrayDataset, torch.utils.data.Dataset)) or not is_array_like(X):
             return super().get_dataset(X, y)
-        return ArrayDataset(_as_tensor(X, "X"))
+        X = _as_tensor(X, "X")
+        check_sample_shape(tuple(X.shape[1:]), getattr(self, "input_shape_", None), type(self).__name__)
+        return ArrayDataset(X)
 
     def get_iterator(self, dataset, training=False):
         """Tensor-indexed batches for in-memory data, skorch's DataLoader for anything else."""
@@ -431,10 +442,16 @@ class MetaWeightClassifier(NeuralNetClassifier):
             known = self.classes_inferred_
         if self.classes is not None:
             known = np.asarray(self.classes)
-        return prepare_fit_data(X, y, meta, classes=known)
+        data = prepare_fit_data(X, y, meta, classes=known)
+        if not fresh:
+            check_sample_shape(data.sample_shape, getattr(self, "input_shape_", None), type(self).__name__)
+        return data
 
     def _train(self, data, routing_method, fit_params):
         self.classes_inferred_ = data.classes
+        self.input_shape_ = data.sample_shape
+        if data.sample_shape is not None and len(data.sample_shape) == 1:
+            self.n_features_in_ = data.sample_shape[0]
         self._begin_training(data)
         try:
             # Checkpoints are restored before any callback's on_train_begin, so that e.g. an
@@ -633,6 +650,16 @@ class MetaWeightClassifier(NeuralNetClassifier):
             self.sample_weights_history_ = np.concatenate([self.sample_weights_history_, current[None]])
 
     # ------------------------------------------------------------------ prediction
+    def __sklearn_is_fitted__(self):
+        return bool(self.initialized_) and hasattr(self, "classes_inferred_")
+
+    def predict_proba(self, X):
+        """Class probabilities for X, columns in the order of ``classes_``."""
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet; call fit first.")
+        return super().predict_proba(X)
+
     def predict(self, X):
         """Class labels (in the original label space) for X."""
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        codes = self.predict_proba(X).argmax(axis=1)
+        return self.classes_[codes]
