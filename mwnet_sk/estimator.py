@@ -155,7 +155,8 @@ class MetaWeightClassifier(NeuralNetClassifier):
     --------
     >>> import numpy as np, torch
     >>> from sklearn.datasets import load_digits
-    >>> from mwnet_sk import MetaWeightClassifier, make_noisy_labels, train_meta_split
+    >>> from mwnet_sk import MetaWeightClassifier
+    >>> from mwnet_sk.noise import make_noisy_labels, train_meta_split
     >>> from mwnet_sk.models import MLP
     >>> X, y = load_digits(return_X_y=True)
     >>> X = (X / 16).astype(np.float32)

@@ -74,3 +74,21 @@ def test_long_tailed_cifar_benchmark_fits(tmp_path):
     assert np.isfinite(clf.sample_weights_).all()
     counts = np.bincount(bench.y_train, minlength=10)
     assert counts.max() > counts.min()
+
+
+@pytest.mark.parametrize("options", [dict(precision="bf16"), dict(channels_last=True),
+                                     dict(precision="bf16", channels_last=True, meta_params="last")])
+def test_precision_and_memory_format_options_track_fp32(cifar_like, options):
+    """bf16 autocast and channels_last (CUDA options) run on CPU and stay close to fp32."""
+    bench = cifar_like
+
+    def fit(**kw):
+        clf = MetaWeightClassifier(SmallCNN, module__num_classes=10, module__width=4, lr=0.05, max_epochs=1,
+                                   batch_size=16, verbose=0, random_state=0,
+                                   batch_transform=cifar_augment("cifar10"), **kw)
+        return clf.fit(bench.X_train, bench.y_train, meta=(bench.X_meta, bench.y_meta))
+
+    reference, other = fit(), fit(**options)
+    assert abs(reference.history[-1, "train_loss"] - other.history[-1, "train_loss"]) < 0.05
+    assert abs(reference.history[-1, "meta_loss"] - other.history[-1, "meta_loss"]) < 0.05
+    assert other.predict_proba(bench.X_test).dtype == np.float32
