@@ -306,11 +306,22 @@ class MetaWeightClassifier(NeuralNetClassifier):
         kwargs = self.get_params_for("criterion")
         if kwargs.get("reduction", "none") != "none":
             raise ValueError("MetaWeightClassifier weights per-sample losses; criterion__reduction must be 'none'")
-        kwargs["reduction"] = "none"
         criterion = self.criterion
+        if isinstance(criterion, torch.nn.Module) and not kwargs:
+            # keep the instance's own settings (label smoothing, class weights, ...)
+            criterion = copy.deepcopy(criterion)
+            if hasattr(criterion, "reduction"):
+                criterion.reduction = "none"
+            self.criterion_ = criterion
+            return self
         if isinstance(criterion, torch.nn.Module):
             criterion = type(criterion)
-        self.criterion_ = criterion(**kwargs)
+        try:
+            self.criterion_ = criterion(**{**kwargs, "reduction": "none"})
+        except TypeError:
+            # a criterion without a reduction argument must return per-sample losses itself;
+            # the bilevel step checks the shape and says so otherwise
+            self.criterion_ = criterion(**kwargs)
         return self
 
     def initialize_optimizer(self, triggered_directly=None):

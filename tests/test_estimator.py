@@ -62,6 +62,27 @@ def test_routing_of_prefixed_parameters():
     assert params["weight_net__hidden_size"] == 7 and params["meta_lr"] == 0.2
 
 
+def test_criterion_instance_keeps_its_settings(small):
+    X, y, mask = small
+    crit = torch.nn.CrossEntropyLoss(label_smoothing=0.2)
+    clf = make_clf(criterion=crit, max_epochs=1).fit(X, y, meta=mask)
+    assert clf.criterion_.label_smoothing == 0.2 and clf.criterion_.reduction == "none"
+    assert crit.reduction == "mean"  # the user's object is untouched
+    with pytest.raises(ValueError, match="reduction must be 'none'"):
+        make_clf(criterion__reduction="mean").fit(X, y, meta=mask)
+
+
+def test_criterion_must_give_per_sample_losses(small):
+    X, y, mask = small
+
+    class MeanOnly(torch.nn.Module):
+        def forward(self, logits, target):
+            return torch.nn.functional.cross_entropy(logits, target)
+
+    with pytest.raises(ValueError, match="one loss per sample"):
+        make_clf(criterion=MeanOnly, max_epochs=1).fit(X, y, meta=mask)
+
+
 def test_fit_attributes(small):
     X, y, mask = small
     clf = make_clf().fit(X, y, meta=mask)
