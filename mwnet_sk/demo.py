@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DemoResult", "run_demo", "format_demo"]
+__all__ = ["DemoResult", "DemoRun", "run_demo", "run_demo_detailed", "format_demo", "save_demo", "save_demo_figures"]
 
 
 @dataclass
@@ -35,6 +35,17 @@ class DemoResult:
     device: str = "cpu"
 
 
+@dataclass
+class DemoRun:
+    """Everything :func:`run_demo_detailed` produced: the summary and what the figures need."""
+
+    result: DemoResult
+    plain: object
+    mwnet: object
+    noisy_mask: np.ndarray  # over the training rows: True where the label was corrupted
+    meta_mask: np.ndarray  # over the training rows: True for the clean meta rows
+
+
 def run_demo(
     *,
     noise_rate: float = 0.4,
@@ -49,6 +60,35 @@ def run_demo(
 ):
     """Train plain and Meta-Weight-Net classifiers on noisy digits and compare them.
 
+    Returns
+    -------
+    DemoResult, or (DemoResult, plain, mwnet) with ``return_estimators=True``.
+    (:func:`run_demo_detailed` takes the same arguments and also returns the masks of the
+    corrupted and meta rows.)
+    """
+    run = run_demo_detailed(
+        noise_rate=noise_rate, noise_type=noise_type, epochs=epochs, meta_per_class=meta_per_class,
+        meta_lr=meta_lr, random_state=random_state, device=device, verbose=verbose,
+    )
+    if return_estimators:
+        return run.result, run.plain, run.mwnet
+    return run.result
+
+
+def run_demo_detailed(
+    *,
+    noise_rate: float = 0.4,
+    noise_type: str = "uniform",
+    epochs: int = 60,
+    meta_per_class: int = 10,
+    meta_lr: float = 1e-2,
+    random_state: int = 0,
+    device: str = "cpu",
+    verbose: int = 0,
+    record_weights: bool = False,
+) -> DemoRun:
+    """Train plain and Meta-Weight-Net classifiers on noisy digits and compare them.
+
     Digits (1797 images, 8x8) are split 70/30 into train and a clean test split; a clean,
     class-balanced meta set (``meta_per_class`` per class) is taken from the train part; the
     remaining training labels are corrupted. Both models are the same MLP trained with SGD
@@ -56,9 +96,12 @@ def run_demo(
     to show its decreasing shape, see the docs). The plain baseline trains on the noisy rows
     and the meta rows (it gets every clean label too).
 
+    ``record_weights=True`` keeps every row's weight after every epoch (for the
+    weight-variation figure).
+
     Returns
     -------
-    DemoResult, or (DemoResult, plain, mwnet) with ``return_estimators=True``.
+    DemoRun
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -109,6 +152,7 @@ def run_demo(
     mwnet = MetaWeightClassifier(
         meta_lr=meta_lr,
         random_state=random_state,
+        record_weights=record_weights,
         callbacks=[LRScheduler("MultiStepLR", milestones=[milestone], gamma=0.1)],
         **common,
     )
@@ -135,9 +179,7 @@ def run_demo(
         seconds_mwnet=seconds_mwnet,
         device=str(device),
     )
-    if return_estimators:
-        return result, plain, mwnet
-    return result
+    return DemoRun(result=result, plain=plain, mwnet=mwnet, noisy_mask=corrupted, meta_mask=meta)
 
 
 def format_demo(result: DemoResult) -> str:
@@ -168,3 +210,57 @@ def save_demo(result: DemoResult, out: str | Path) -> Path:
     path = out / "demo.json"
     path.write_text(json.dumps(asdict(result), indent=2))
     return path
+
+
+def save_demo_figures(run: DemoRun, out: str | Path, *, n_variation: int = 10) -> list[Path]:
+    """Write the demo's figures as PNGs into ``out``; returns their paths. Needs matplotlib.
+
+    * ``weight_function.png``: the learned weighting function over the training losses
+      (Fig. 1e of the paper), with the distribution of the final training losses behind it;
+    * ``weight_distribution.png``: histograms of the weights of clean and of corrupted rows
+      (Fig. 5);
+    * ``weight_variation.png``: the epoch-to-epoch change of the weights of ``n_variation``
+      random corrupted rows, mean ± std (Fig. 6; only when the run recorded the weights).
+    """
+    from matplotlib.figure import Figure  # no pyplot: works headless and leaves the backend alone
+
+    from .plotting import plot_weight_distribution, plot_weight_function, plot_weight_variation
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    r = run.result
+    title = f"digits, {r.noise_rate:.0%} {r.noise_type} noise, {r.epochs} epochs"
+    paths = []
+
+    def new_axes():
+        return Figure(figsize=(4.5, 3.2)).subplots()
+
+    def save(fig, name):
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=100)
+        paths.append(path)
+
+    ax = new_axes()
+    fig = ax.figure
+    plot_weight_function(run.mwnet, ax=ax, loss_range=(0.0, 5.0), show_losses=True, color="tab:green")
+    ax.set_title(f"learned weighting function\n{title}", fontsize=9)
+    save(fig, "weight_function.png")
+
+    ax = new_axes()
+    fig = ax.figure
+    plot_weight_distribution(run.mwnet.sample_weights_, run.noisy_mask, ax=ax)
+    ax.set_title(f"weights of clean and corrupted rows\n{title}", fontsize=9)
+    save(fig, "weight_distribution.png")
+
+    history = getattr(run.mwnet, "sample_weights_history_", None)
+    noisy = np.flatnonzero(run.noisy_mask)
+    if history is not None and len(history) >= 2 and noisy.size:
+        rng = np.random.RandomState(0)
+        rows = rng.choice(noisy, size=min(n_variation, noisy.size), replace=False)
+        ax = new_axes()
+        fig = ax.figure
+        plot_weight_variation(history, rows, ax=ax, color="tab:red")
+        ax.set_title(f"weight changes of {rows.size} corrupted rows\n{title}", fontsize=9)
+        save(fig, "weight_variation.png")
+    return paths
