@@ -3,12 +3,13 @@ a batched in-memory iterator and the meta-batch sampler. No skorch, no bilevel m
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from numbers import Integral
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
 __all__ = [
@@ -215,9 +216,13 @@ class MetaSampler:
 
     Its position (current permutation, offset, generator state) is a ``state_dict`` so that
     a resumed run draws exactly the meta batches the uninterrupted run would have drawn.
+
+    A Dataset meta set (images decoded from files, say) can be loaded by DataLoader workers
+    that prefetch ahead (``loader_kwargs={"num_workers": 4}``); the positions are still drawn
+    here, and ``state_dict`` reports the position after the last batch actually consumed.
     """
 
-    def __init__(self, source, batch_size: int, generator: torch.Generator, device):
+    def __init__(self, source, batch_size: int, generator: torch.Generator, device, loader_kwargs=None):
         self.source = source
         self.n = len(source)
         if self.n == 0:
@@ -228,6 +233,10 @@ class MetaSampler:
         self.order = None
         self.offset = 0
         self._array = isinstance(source, ArrayDataset)
+        self.loader_kwargs = dict(loader_kwargs or {})
+        self._use_loader = not self._array and self.loader_kwargs.get("num_workers", 0) > 0
+        self._loader_iter = None
+        self._pending = deque()  # positions already handed to the loader but not consumed
 
     def _next_positions(self):
         if self.order is None or self.offset >= self.n:
@@ -237,27 +246,46 @@ class MetaSampler:
         self.offset += len(chunk)
         return chunk
 
-    def next(self):
-        positions = self._next_positions()
-        if self._array:
-            x, y = self.source.batch(positions)
-            x = x[INPUT_KEY]
-        else:
-            items = [self.source[int(i)] for i in positions]
-            x, y = default_collate(items)
-            if isinstance(x, dict):
-                x = x[INPUT_KEY]
-        y = torch.as_tensor(y)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def state_dict(self):
+    def _current_state(self):
         return {
             "order": None if self.order is None else self.order.clone(),
             "offset": self.offset,
             "generator": self.generator.get_state(),
         }
 
+    def _positions_forever(self):
+        while True:
+            self._pending.append(self._current_state())
+            yield self._next_positions().tolist()
+
+    def _loaded_batch(self):
+        if self._loader_iter is None:
+            loader = DataLoader(self.source, batch_sampler=self._positions_forever(), **self.loader_kwargs)
+            self._loader_iter = iter(loader)
+        batch = next(self._loader_iter)
+        self._pending.popleft()
+        return batch
+
+    def next(self):
+        if self._array:
+            x, y = self.source.batch(self._next_positions())
+            x = x[INPUT_KEY]
+        else:
+            if self._use_loader:
+                x, y = self._loaded_batch()
+            else:
+                x, y = default_collate([self.source[int(i)] for i in self._next_positions()])
+            if isinstance(x, dict):
+                x = x[INPUT_KEY]
+        y = torch.as_tensor(y)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def state_dict(self):
+        return self._pending[0] if self._pending else self._current_state()
+
     def load_state_dict(self, state):
+        self._loader_iter = None  # prefetched batches belong to the old position
+        self._pending.clear()
         self.order = None if state["order"] is None else state["order"].clone()
         self.offset = int(state["offset"])
         self.generator.set_state(state["generator"])

@@ -118,6 +118,10 @@ class MetaWeightClassifier(NeuralNetClassifier):
         Run forwards under ``torch.autocast`` with this dtype.
     channels_last : bool, default=False
         Convert the classifier and 4-d image batches to ``torch.channels_last``.
+    iterator_meta__* : keyword arguments
+        For a meta set given as a torch Dataset: DataLoader options for loading meta
+        batches, e.g. ``iterator_meta__num_workers=4, iterator_meta__pin_memory=True`` (worker
+        processes decode and prefetch; the meta batches drawn are the same either way).
     train_split : callable or None, default=None
         skorch's internal validation split. None (the default) trains on every training row,
         as the paper does; pass e.g. ``skorch.dataset.ValidSplit(5, stratified=True)`` to
@@ -168,6 +172,9 @@ class MetaWeightClassifier(NeuralNetClassifier):
     >>> clf.sample_weights_.shape == (len(X_tr),)
     True
     """
+
+    # iterator_meta__* routes to the DataLoader that loads meta batches from a Dataset.
+    prefixes_ = NeuralNetClassifier.prefixes_ + ["iterator_meta"]
 
     # weight_net_, meta_optimizer_ and batch_transform_ are created inside skorch's
     # initialize_* contexts, so skorch registers them (prefix routing, device moves,
@@ -544,7 +551,13 @@ class MetaWeightClassifier(NeuralNetClassifier):
         meta_batch_size = self.meta_batch_size or self.batch_size
         if meta_batch_size == -1:
             meta_batch_size = len(data.meta)
-        sampler = MetaSampler(data.meta, meta_batch_size, torch.Generator().manual_seed(seed + 2), device)
+        sampler = MetaSampler(
+            data.meta,
+            meta_batch_size,
+            torch.Generator().manual_seed(seed + 2),
+            device,
+            loader_kwargs=self.get_params_for("iterator_meta"),
+        )
         previous = getattr(self, "meta_sampler_state_", None)
         if previous is not None:
             sampler.load_state_dict(previous)

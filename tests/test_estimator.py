@@ -275,3 +275,13 @@ def test_learned_weight_function_decreases_under_label_noise(digits):
     w = clf.sample_weights_
     assert np.nanmean(w[corrupted]) < np.nanmean(w[~corrupted & ~mask]) - 0.2
     assert clf.score(X[~mask], y[~mask]) > 0.85  # measured against the true labels
+
+
+def test_meta_dataset_loaded_by_workers_gives_the_same_run(small):
+    X, y, mask = small
+    ds = TensorDataset(torch.from_numpy(X[mask]), torch.from_numpy(y[mask]))
+    serial = make_clf(meta_batch_size=16).fit(X[~mask], y[~mask], meta=ds)
+    workers = make_clf(meta_batch_size=16, iterator_meta__num_workers=2).fit(X[~mask], y[~mask], meta=ds)
+    np.testing.assert_array_equal(serial.sample_weights_, workers.sample_weights_)
+    assert serial.meta_sampler_state_["offset"] == workers.meta_sampler_state_["offset"]
+    assert torch.equal(serial.meta_sampler_state_["generator"], workers.meta_sampler_state_["generator"])
