@@ -118,10 +118,10 @@ class MetaWeightClassifier(NeuralNetClassifier):
         Run forwards under ``torch.autocast`` with this dtype.
     channels_last : bool, default=False
         Convert the classifier and 4-d image batches to ``torch.channels_last``.
-    iterator_meta__* : keyword arguments
-        For a meta set given as a torch Dataset: DataLoader options for loading meta
-        batches, e.g. ``iterator_meta__num_workers=4, iterator_meta__pin_memory=True`` (worker
-        processes decode and prefetch; the meta batches drawn are the same either way).
+    iterator_meta__num_workers : int, optional
+        For a meta set given as a torch Dataset: DataLoader worker processes that load and
+        prefetch meta batches. Any other DataLoader option routes the same way, e.g.
+        ``iterator_meta__pin_memory=True``. The meta batches drawn are the same either way.
     train_split : callable or None, default=None
         skorch's internal validation split. None (the default) trains on every training row,
         as the paper does; pass e.g. ``skorch.dataset.ValidSplit(5, stratified=True)`` to
