@@ -27,19 +27,31 @@ through :func:`torch.func.functional_call` on copies of the buffers, in train mo
 statistics, like the paper's code), so the real running statistics after a step are exactly
 those one forward of the train batch produces. Dropout masks of the train batch are replayed
 for the JVP by restoring the RNG state, so the exact path equals the unrolled one.
+
+Speed (all exact; docs/performance.md has the measurements). An exact step costs the real
+forward, the virtual backward, the meta forward and backward, the JVP and the real backward.
+The JVP is the one part torch does wastefully, so ``fast_jvp`` (default) makes it cheaper:
+its primal values are the real forward's, so convolution and max-pool outputs recorded there
+are reused and only tangents are computed, and training-mode batch norm gets a fused tangent
+rule (both in :mod:`mwnet_sk._fast_jvp`). When only a head that ends the model takes the virtual step
+(``meta_params="last"``), the JVP and the finite differences run the head alone on its
+captured input; the meta forward records graph only from the head on (frozen parameters enter
+detached).
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 from torch.autograd import forward_ad as fwAD
 from torch.func import functional_call
+
+from ._fast_jvp import _FastJvp, _PrimalRecorder
 
 __all__ = [
     "BilevelStep",
@@ -156,6 +168,12 @@ class BilevelStep:
         Relative step for ``meta_gradient="finite_difference"``.
     check_finite : bool, default=True
         Raise :class:`NonFiniteError` before any parameter is written with a non-finite value.
+    fast_jvp : bool, default=True
+        For ``meta_gradient="exact"``: use cheaper forward-mode rules for training-mode
+        batch norm, and reuse the real forward's convolution and max-pool outputs in the JVP
+        forward instead of recomputing them (only the tangents are computed). Exact either
+        way; ``False`` uses torch's generic forward AD throughout (slower; for comparison or
+        for a model the fast path would not suit).
     """
 
     def __init__(
@@ -172,6 +190,7 @@ class BilevelStep:
         autocast_dtype: torch.dtype | None = None,
         fd_epsilon: float = 1e-3,
         check_finite: bool = True,
+        fast_jvp: bool = True,
     ):
         if meta_gradient not in META_GRADIENTS:
             raise ValueError(f"meta_gradient must be one of {META_GRADIENTS}, got {meta_gradient!r}")
@@ -185,14 +204,21 @@ class BilevelStep:
         self.autocast_dtype = autocast_dtype
         self.fd_epsilon = float(fd_epsilon)
         self.check_finite = bool(check_finite)
+        self.fast_jvp = bool(fast_jvp)
+        self._records = None
 
         named = dict(module.named_parameters())
         self.virtual_names = select_parameter_names(module, meta_params)
         self.virtual_params = [named[n] for n in self.virtual_names]
-        self.frozen_names = [n for n in named if n not in set(self.virtual_names)]
+        virtual = set(self.virtual_names)
+        self.frozen_names = [n for n in named if n not in virtual]
+        self._frozen_params = [named[n] for n in self.frozen_names]
         self._group_of = self._map_parameter_groups(optimizer, self.virtual_names, self.virtual_params)
         self.has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules())
         self.head_name, self.head = self._find_head(module, self.virtual_names)
+        if self.head is not None:
+            prefix = self.head_name + "."
+            self._head_keys = [n[len(prefix):] for n in self.virtual_names]
         self._captured = None
         self._weight_dtype = next(weight_net.parameters()).dtype
 
@@ -212,7 +238,11 @@ class BilevelStep:
 
     @staticmethod
     def _find_head(module, virtual_names):
-        """The submodule whose parameters are exactly the virtual ones, if any (e.g. ``fc``)."""
+        """The submodule whose parameters are exactly the virtual ones, if any (e.g. ``fc``).
+
+        A head with dropout inside is not used: the shortcuts below feed it a captured input
+        and would not replay its dropout masks.
+        """
         if len(virtual_names) == len(list(module.parameters())):
             return None, None
         owners = {n.rsplit(".", 1)[0] if "." in n else "" for n in virtual_names}
@@ -224,6 +254,8 @@ class BilevelStep:
         head = module.get_submodule(owner)
         own = {f"{owner}.{n}" for n, p in head.named_parameters() if p.requires_grad}
         if own != set(virtual_names):
+            return None, None
+        if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in head.modules()):
             return None, None
         return owner, head
 
@@ -238,11 +270,16 @@ class BilevelStep:
         return [groups[g]["lr"] for g in self._group_of]
 
     def _buffer_copies(self):
+        # Every forward other than the real one runs on copies, so running statistics (and
+        # any other buffer a module updates in place) see exactly one forward per step.
         return {n: b.clone() for n, b in self.module.named_buffers()}
 
     def _frozen(self):
-        named = dict(self.module.named_parameters())
-        return {n: named[n].detach() for n in self.frozen_names}
+        return {n: p.detach() for n, p in zip(self.frozen_names, self._frozen_params)}
+
+    def _head_state(self, params: dict):
+        """Full parameter names of the head -> the head's own (unprefixed) names."""
+        return {k: params[n] for k, n in zip(self._head_keys, self.virtual_names)}
 
     def _per_sample(self, logits, y):
         losses = self.criterion(logits, y)
@@ -291,22 +328,55 @@ class BilevelStep:
         if len(inputs) == 1:
             self._captured = (inputs[0], output)
 
-    def forward_train(self, x, y):
-        """The one real forward at w: logits and per-sample losses (with graph)."""
+    def _uses_head_shortcut(self) -> bool:
+        # The unrolled oracle always takes the plain path, so tests compare two independent
+        # computations.
+        return self.head is not None and self.meta_gradient != "unrolled"
+
+    def _records_primals(self) -> bool:
+        """Whether the real forward should record outputs for the JVP to reuse.
+
+        Only the exact mode's full-model JVP uses them (with the head shortcut the JVP
+        differentiates the head alone). Under autocast the fast path is left to torch.
+        """
+        return (
+            self.fast_jvp
+            and self.meta_gradient == "exact"
+            and self.head is None
+            and self.autocast_dtype is None
+        )
+
+    def forward_train(self, x, y, *, record: bool = False):
+        """The one real forward at w: logits and per-sample losses (with graph).
+
+        ``record=True`` (used by :meth:`step` when the weight net is updated) keeps the
+        convolution and max-pool outputs for the JVP of the exact meta-gradient to reuse.
+        """
         device = y.device
         self._rng_before = self._rng_state(device)
         hook = None
-        if self.head is not None and self.meta_gradient == "exact":
-            self._captured = None
+        self._captured = None
+        self._records = None
+        if self._uses_head_shortcut():
             hook = self.head.register_forward_hook(self._capture_head)
+        recorder = _PrimalRecorder() if record and self._records_primals() else None
         try:
-            with self._autocast(device):
+            with self._autocast(device), (recorder or contextlib.nullcontext()):
                 logits = self.module(x)
             losses = self._per_sample(logits, y)
         finally:
             if hook is not None:
                 hook.remove()
+        if recorder is not None:
+            self._records = recorder.records
         return logits, losses
+
+    def _head_input(self, logits):
+        """The train batch's (detached) head input when the head's output is the model's output."""
+        captured, self._captured = self._captured, None
+        if captured is not None and captured[1] is logits:
+            return captured[0].detach()
+        return None
 
     def meta_gradient_(self, x, y, logits, losses, x_meta, y_meta):
         """Compute ∇_Θ L^meta(ŵ(Θ)) into the weight net's ``.grad``; return the meta loss.
@@ -318,27 +388,32 @@ class BilevelStep:
         if self.meta_gradient == "unrolled":
             return self._unrolled(losses, x_meta, y_meta, lrs, device)
 
+        head_input = self._head_input(logits)
         with torch.no_grad():
             weights0 = self._weights(losses)
         virtual = weighted_loss(weights0, losses, self.normalize_weights)
+        # retain_graph: the same train graph serves the real step's backward (no third forward).
         grads = torch.autograd.grad(virtual, self.virtual_params, retain_graph=True, allow_unused=True)
         w_hat = {}
         with torch.no_grad():
             for name, p, g, lr in zip(self.virtual_names, self.virtual_params, grads, lrs):
-                w_hat[name] = (p - lr * g if g is not None else p.detach().clone()).requires_grad_(True)
+                # one fused kernel for p − α·g (instead of a product then a difference)
+                w_hat[name] = (torch.add(p, g, alpha=-lr) if g is not None else p.detach().clone()).requires_grad_(True)
         meta_loss = self._meta_loss(w_hat, x_meta, y_meta, device)
         meta_grads = torch.autograd.grad(meta_loss, list(w_hat.values()), allow_unused=True)
-        tangents = {
-            name: (lr * g if g is not None else torch.zeros_like(w_hat[name])).detach()
-            for name, g, lr in zip(self.virtual_names, meta_grads, lrs)
-        }
+        with torch.no_grad():
+            tangents = {
+                name: (g * lr if g is not None else torch.zeros_like(w_hat[name]))
+                for name, g, lr in zip(self.virtual_names, meta_grads, lrs)
+            }
+        del meta_grads, w_hat
         rng_after = self._rng_state(device)
         self._set_rng_state(self._rng_before, device)
         try:
             if self.meta_gradient == "exact":
-                similarity = self._jvp(x, y, logits, tangents, device)
+                similarity = self._jvp(x, y, head_input, tangents, device)
             else:
-                similarity = self._finite_difference(x, y, tangents, device)
+                similarity = self._finite_difference(x, y, head_input, tangents, device)
         finally:
             self._set_rng_state(rng_after, device)
 
@@ -349,36 +424,34 @@ class BilevelStep:
         return meta_loss.detach()
 
     def _meta_loss(self, w_hat, x_meta, y_meta, device):
+        # With meta_params="last" (or any subset) the frozen parameters enter detached, so the
+        # meta forward records autograd graph only from the first virtual parameter on: the
+        # frozen body runs graph-free already. (Running the body under no_grad and redoing the
+        # head on a hooked input measured no faster on a CPU, so the simple path stays.)
         state = {**self._frozen(), **w_hat, **self._buffer_copies()}
         with self._autocast(device):
             meta_logits = functional_call(self.module, state, (x_meta,))
         return self._per_sample(meta_logits, y_meta).mean()
 
-    def _jvp(self, x, y, logits, tangents, device):
-        head_input = None
-        if self._captured is not None and self._captured[1] is logits:
-            head_input = self._captured[0].detach()
-        self._captured = None
-        with warnings.catch_warnings(), fwAD.dual_level():
+    def _jvp(self, x, y, head_input, tangents, device):
+        # no_grad: forward-mode AD does not need (or build) a reverse graph.
+        with warnings.catch_warnings(), torch.no_grad(), fwAD.dual_level():
             # torch loads its forward-AD decompositions through the deprecated torch.jit.script
             # on first use; that warning is torch's, not the user's business.
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            duals = {
+                n: fwAD.make_dual(p.detach(), tangents[n])
+                for n, p in zip(self.virtual_names, self.virtual_params)
+            }
             if head_input is not None:
                 # The head's output is the model's output: differentiate the head alone.
-                prefix = self.head_name + "."
-                duals = {
-                    n[len(prefix):]: fwAD.make_dual(p.detach(), tangents[n])
-                    for n, p in zip(self.virtual_names, self.virtual_params)
-                }
                 with self._autocast(device):
-                    out = functional_call(self.head, duals, (head_input,))
+                    out = functional_call(self.head, self._head_state(duals), (head_input,))
             else:
-                duals = {
-                    n: fwAD.make_dual(p.detach(), tangents[n])
-                    for n, p in zip(self.virtual_names, self.virtual_params)
-                }
                 state = {**self._frozen(), **duals, **self._buffer_copies()}
-                with self._autocast(device):
+                records, self._records = self._records, None
+                fast = _FastJvp(records) if self.fast_jvp else contextlib.nullcontext()
+                with self._autocast(device), fast:
                     out = functional_call(self.module, state, (x,))
             losses = self._per_sample(out, y)
             tangent = fwAD.unpack_dual(losses).tangent
@@ -386,7 +459,7 @@ class BilevelStep:
             return torch.zeros_like(losses)
         return tangent
 
-    def _finite_difference(self, x, y, tangents, device):
+    def _finite_difference(self, x, y, head_input, tangents, device):
         norm = torch.sqrt(sum((t.float() ** 2).sum() for t in tangents.values()))
         params = torch.sqrt(sum((p.detach().float() ** 2).sum() for p in self.virtual_params))
         eps = self.fd_epsilon * (params.clamp_min(1.0) / norm.clamp_min(1e-12))
@@ -394,17 +467,22 @@ class BilevelStep:
         outs = []
         with torch.no_grad():
             for sign in (1.0, -1.0):
-                self._set_rng_state(rng, device)
                 shifted = {
                     n: p.detach() + sign * eps * tangents[n]
                     for n, p in zip(self.virtual_names, self.virtual_params)
                 }
-                state = {**self._frozen(), **shifted, **self._buffer_copies()}
                 with self._autocast(device):
-                    outs.append(self._per_sample(functional_call(self.module, state, (x,)), y))
+                    if head_input is not None:  # only the head moves: forward the head alone
+                        out = functional_call(self.head, self._head_state(shifted), (head_input,))
+                    else:
+                        self._set_rng_state(rng, device)
+                        state = {**self._frozen(), **shifted, **self._buffer_copies()}
+                        out = functional_call(self.module, state, (x,))
+                outs.append(self._per_sample(out, y))
         return (outs[0] - outs[1]) / (2 * eps)
 
     def _unrolled(self, losses, x_meta, y_meta, lrs, device):
+        self._captured = None
         weights = self._weights(losses)
         virtual = weighted_loss(weights, losses, self.normalize_weights)
         grads = torch.autograd.grad(
@@ -446,14 +524,17 @@ class BilevelStep:
             Called after the classifier gradient is computed and before the optimizer steps
             (for gradient clipping and similar hooks).
         """
+        if update_weight_net and (x_meta is None or y_meta is None):
+            raise ValueError("a meta batch is required to update the weight net")
         self.module.train()
         self.weight_net.train()
-        logits, losses = self.forward_train(x, y)
+        logits, losses = self.forward_train(x, y, record=update_weight_net)
         meta_loss = None
         if update_weight_net:
-            if x_meta is None or y_meta is None:
-                raise ValueError("a meta batch is required to update the weight net")
-            meta_loss = self.meta_gradient_(x, y, logits, losses, x_meta, y_meta)
+            try:
+                meta_loss = self.meta_gradient_(x, y, logits, losses, x_meta, y_meta)
+            finally:
+                self._records = None  # never keep activations past the meta-gradient
             theta_grads = [p.grad for p in self.weight_net.parameters() if p.grad is not None]
             self._raise_if_nonfinite({
                 "train loss": losses.detach(),

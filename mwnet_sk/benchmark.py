@@ -1,0 +1,841 @@
+"""Side-by-side timing of plain training steps and Meta-Weight-Net steps.
+
+Every mode gets its own copy of the model (same initial weights) and its own optimizers; the
+modes are timed *interleaved*, round-robin, with the starting mode rotated every round, so slow
+drifts of the machine (thermal state, other processes, allocator warm-up) hit all modes alike.
+Each timed sample is one "unit" of work: one step, or for ``meta_interval=k`` modes a cycle of k
+steps (one weight-net update and k−1 classifier-only steps), reported per step. On CUDA the
+device is synchronised before and after each unit, and peak memory is measured per mode in a
+separate pass (``torch.cuda.reset_peak_memory_stats`` before each mode, the mode's own model,
+optimizer state, gradients and temporaries counted, nothing of the other modes).
+
+Use :func:`run_benchmark` (step level, :class:`~mwnet_sk.bilevel.BilevelStep`), or
+:func:`run_fit_benchmark` (whole ``fit`` epochs of :class:`~mwnet_sk.MetaWeightClassifier` and of
+a plain skorch ``NeuralNetClassifier`` on the same data: the glue overhead), and print the result
+with :func:`format_benchmark`. ``python benchmarks/bench_step.py --help`` and
+``mwnet-sk benchmark`` are command lines over the same functions.
+
+Examples
+--------
+>>> from mwnet_sk.benchmark import run_benchmark, format_benchmark
+>>> result = run_benchmark("small_cnn", "cpu", batch_size=8, steps=1, warmup=0,
+...                        modes=("plain", "exact"), image_size=8)
+>>> [row.mode for row in result]
+['plain', 'exact']
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CUDA_MODES",
+    "DEFAULT_MODES",
+    "MODES",
+    "BenchmarkResult",
+    "BenchmarkRow",
+    "Mode",
+    "build_parser",
+    "environment",
+    "format_benchmark",
+    "main",
+    "run_benchmark",
+    "run_fit_benchmark",
+]
+
+
+# --------------------------------------------------------------------------- modes
+@dataclass(frozen=True)
+class Mode:
+    """One way of taking a training step.
+
+    ``kind="plain"`` is skorch's default ``train_step`` work: zero the gradients, forward, mean
+    cross-entropy, backward, SGD step. ``kind="mwnet"`` is one
+    :meth:`BilevelStep.step <mwnet_sk.bilevel.BilevelStep.step>` with the given options.
+    """
+
+    name: str
+    description: str
+    kind: str = "mwnet"
+    meta_gradient: str = "exact"
+    meta_params: object = "all"
+    meta_interval: int = 1
+    precision: str | None = None  # None or "bf16"
+    channels_last: bool = False
+    fast_jvp: bool = True
+    cuda_only: bool = False
+
+
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in [
+        Mode("plain", "skorch-style step: forward, mean CE, backward, SGD", kind="plain"),
+        Mode("unrolled", 'meta_gradient="unrolled" (paper code: create_graph)', meta_gradient="unrolled"),
+        Mode("exact", 'meta_gradient="exact" (Eq. 6, one JVP; default)'),
+        Mode("exact_generic_jvp", "exact with torch's generic forward AD (fast_jvp=False)", fast_jvp=False),
+        Mode("interval5", "exact, meta_interval=5 (per step over a cycle of 5)", meta_interval=5),
+        Mode("last", 'exact, meta_params="last" (head only)', meta_params="last"),
+        Mode("finite_difference", 'meta_gradient="finite_difference"', meta_gradient="finite_difference"),
+        Mode("plain_bf16_cl", "plain step, bf16 autocast + channels_last", kind="plain",
+             precision="bf16", channels_last=True, cuda_only=True),
+        Mode("exact_bf16", "exact, bf16 autocast", precision="bf16", cuda_only=True),
+        Mode("exact_channels_last", "exact, channels_last", channels_last=True, cuda_only=True),
+        Mode("exact_bf16_cl", "exact, bf16 autocast + channels_last", precision="bf16",
+             channels_last=True, cuda_only=True),
+    ]
+}  # fmt: skip
+
+#: Modes timed by default on every device.
+DEFAULT_MODES: tuple[str, ...] = ("plain", "unrolled", "exact", "interval5", "last", "finite_difference")
+#: Modes added by default on CUDA (bf16 and channels_last are GPU features).
+CUDA_MODES: tuple[str, ...] = ("plain_bf16_cl", "exact_bf16", "exact_channels_last", "exact_bf16_cl")
+
+
+def _resolve_mode(name: str) -> Mode:
+    if name in MODES:
+        return MODES[name]
+    match = re.fullmatch(r"interval(\d+)", name)
+    if match and int(match.group(1)) >= 1:
+        k = int(match.group(1))
+        return Mode(name, f"exact, meta_interval={k} (per step over a cycle of {k})", meta_interval=k)
+    raise ValueError(f"unknown mode {name!r}; known modes: {', '.join(MODES)} (and intervalK for any K)")
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class BenchmarkRow:
+    """Timing of one mode. Times are per training step, in milliseconds."""
+
+    mode: str
+    description: str
+    ms_per_step: float  # median over the timed samples
+    ms_q1: float
+    ms_q3: float
+    ms_min: float
+    samples: int  # timed units (a unit is one step, or one cycle of meta_interval steps)
+    steps_per_sample: int
+    ratio: float | None = None  # median / median of the "plain" mode
+    peak_mem_mb: float | None = None  # CUDA only
+    peak_mem_ratio: float | None = None  # peak / peak of the "plain" mode
+    epoch_s: float | None = None  # run_fit_benchmark only: median seconds per epoch
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class BenchmarkResult(list):
+    """A list of :class:`BenchmarkRow` plus ``config`` and ``environment`` dicts."""
+
+    def __init__(self, rows=(), config=None, environment=None, title="step benchmark"):
+        super().__init__(rows)
+        self.config = dict(config or {})
+        self.environment = dict(environment or {})
+        self.title = title
+
+    def row(self, mode: str) -> BenchmarkRow:
+        """The row of ``mode`` (KeyError if it was not run)."""
+        for r in self:
+            if r.mode == mode:
+                return r
+        raise KeyError(mode)
+
+    def as_dict(self) -> dict:
+        return {
+            "title": self.title,
+            "config": self.config,
+            "environment": self.environment,
+            "rows": [r.as_dict() for r in self],
+        }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device="cpu") -> dict:
+    """What the numbers were measured on: device, CPU, threads, library versions, date."""
+    device = torch.device(device)
+    env = {
+        "date": datetime.date.today().isoformat(),
+        "device": str(device),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    try:
+        env["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        pass
+    return env
+
+
+class _OtherLoad:
+    """CPU time other processes used while the benchmark ran, in cores (Linux; else None).
+
+    On a shared machine the interleaving keeps the comparison fair, but absolute times and
+    their spread still suffer; this number says how much (0.0 is a quiet machine).
+    """
+
+    def __init__(self):
+        self.cores = None
+
+    @staticmethod
+    def _busy_seconds():
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:9]]
+        return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        try:
+            self._start = (self._busy_seconds(), sum(os.times()[:2]), time.perf_counter())
+        except (OSError, ValueError, AttributeError):
+            self._start = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._start is None:
+            return False
+        try:
+            busy, own, wall = self._busy_seconds(), sum(os.times()[:2]), time.perf_counter()
+        except (OSError, ValueError, AttributeError):
+            return False
+        b0, o0, w0 = self._start
+        if wall > w0:
+            self.cores = round(max(0.0, (busy - b0) - (own - o0)) / (wall - w0), 2)
+        return False
+
+
+# --------------------------------------------------------------------------- building blocks
+def _per_sample_ce(logits, y):
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def _model_factory(model, num_classes, model_kwargs):
+    from .models import get_model
+
+    if isinstance(model, str):
+        key = model.lower().replace("-", "_")
+        kwargs = dict(model_kwargs or {})
+        if key == "mlp":
+            kwargs.setdefault("n_features", 64)
+            kwargs.setdefault("n_classes", num_classes)
+        else:
+            kwargs.setdefault("num_classes", num_classes)
+        return key, (lambda: get_model(key, **kwargs))
+    if isinstance(model, nn.Module):
+        import copy
+
+        return type(model).__name__, (lambda: copy.deepcopy(model))
+    if callable(model):
+        return getattr(model, "__name__", "model"), (lambda: model(**dict(model_kwargs or {})))
+    raise TypeError(f"model must be a name, an nn.Module or a callable, got {model!r}")
+
+
+def _input_shape(name, image_size, model_kwargs):
+    if name == "mlp":
+        return (int((model_kwargs or {}).get("n_features", 64)),)
+    return (3, image_size, image_size)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Runner:
+    """One mode's model, optimizers and step function; ``unit(i)`` does one timed unit."""
+
+    def __init__(self, mode: Mode, factory, device, batches, seed):
+        self.mode = mode
+        self.device = device
+        self.batches = batches
+        torch.manual_seed(seed)  # same initial weights in every mode
+        module = factory().to(device)
+        self.memory_format = torch.channels_last if mode.channels_last else torch.contiguous_format
+        if mode.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        # The paper's optimizers: SGD(momentum 0.9, weight decay 5e-4) and Adam(1e-3, 1e-4).
+        self.optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        self.dtype = torch.bfloat16 if mode.precision == "bf16" else None
+        if mode.kind == "plain":
+            self.criterion = nn.CrossEntropyLoss()
+            self.step = None
+        else:
+            from .bilevel import BilevelStep
+            from .weight_net import WeightNet
+
+            self.weight_net = WeightNet(100).to(device)
+            self.meta_optimizer = torch.optim.Adam(self.weight_net.parameters(), lr=1e-3, weight_decay=1e-4)
+            self.step = BilevelStep(
+                module,
+                self.weight_net,
+                _per_sample_ce,
+                self.optimizer,
+                self.meta_optimizer,
+                meta_gradient=mode.meta_gradient,
+                meta_params=mode.meta_params,
+                autocast_dtype=self.dtype,
+                fast_jvp=mode.fast_jvp,
+            )
+        self.steps_per_unit = mode.meta_interval if mode.kind == "mwnet" else 1
+
+    def _batch(self, i):
+        x, y, xm, ym = self.batches[i % len(self.batches)]
+        if self.mode.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+            xm = xm.contiguous(memory_format=torch.channels_last)
+        return x, y, xm, ym
+
+    def _plain_step(self, x, y):
+        # skorch's NeuralNet.train_step: zero_grad, infer, get_loss, backward, optimizer step.
+        self.module.train()
+        self.optimizer.zero_grad()
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self.dtype)
+            if self.dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            y_pred = self.module(x)
+        loss = self.criterion(y_pred.float(), y)
+        loss.backward()
+        self.optimizer.step()
+
+    def unit(self, i: int) -> int:
+        for k in range(self.steps_per_unit):
+            x, y, xm, ym = self._batch(i * self.steps_per_unit + k)
+            if self.step is None:
+                self._plain_step(x, y)
+            else:
+                self.step.step(x, y, xm, ym, update_weight_net=(k == 0))
+        return self.steps_per_unit
+
+
+def _make_batches(shape, batch_size, meta_batch_size, num_classes, device, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed + 12345)
+    batches = []
+    for _ in range(n):
+        x = torch.randn((batch_size, *shape), generator=g)
+        y = torch.randint(0, num_classes, (batch_size,), generator=g)
+        xm = torch.randn((meta_batch_size, *shape), generator=g)
+        ym = torch.randint(0, num_classes, (meta_batch_size,), generator=g)
+        batches.append(tuple(t.to(device) for t in (x, y, xm, ym)))
+    return batches
+
+
+def _fork_rng(device):
+    # The benchmark seeds torch; the caller's random state is left as it was.
+    if device.type != "cuda":
+        return torch.random.fork_rng(devices=[])
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.random.fork_rng(devices=[index])
+
+
+@contextlib.contextmanager
+def _threads(threads):
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """Collect once, then keep Python's cyclic GC from pausing inside timed units."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _quartiles(values):
+    if len(values) == 1:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def _summarise(mode, samples_ms, steps_per_sample):
+    q1, q3 = _quartiles(samples_ms)
+    return BenchmarkRow(
+        mode=mode.name,
+        description=mode.description,
+        ms_per_step=statistics.median(samples_ms),
+        ms_q1=q1,
+        ms_q3=q3,
+        ms_min=min(samples_ms),
+        samples=len(samples_ms),
+        steps_per_sample=steps_per_sample,
+    )
+
+
+def _add_ratios(rows):
+    plain = next((r for r in rows if r.mode == "plain"), None)
+    if plain is None:
+        return
+    for r in rows:
+        r.ratio = r.ms_per_step / plain.ms_per_step
+        if r.peak_mem_mb is not None and plain.peak_mem_mb:
+            r.peak_mem_ratio = r.peak_mem_mb / plain.peak_mem_mb
+
+
+# --------------------------------------------------------------------------- step benchmark
+def run_benchmark(
+    model="small_cnn",
+    device="cpu",
+    batch_size: int = 64,
+    steps: int = 20,
+    warmup: int = 3,
+    modes: Sequence[str] | None = None,
+    *,
+    meta_batch_size: int | None = None,
+    num_classes: int = 10,
+    image_size: int = 32,
+    model_kwargs: dict | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+    memory: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> BenchmarkResult:
+    """Time plain and Meta-Weight-Net steps side by side, interleaved.
+
+    Parameters
+    ----------
+    model : str, nn.Module or callable, default="small_cnn"
+        A name for :func:`mwnet_sk.models.get_model` (``"small_cnn"``, ``"resnet32"``,
+        ``"wrn28_10"``, ``"mlp"``, ...), a module (deep-copied per mode) or a factory.
+    device : str or torch.device, default="cpu"
+    batch_size : int, default=64
+        Training batch size.
+    steps : int, default=20
+        Timed samples per mode (rounds). A sample is one step, or one cycle of
+        ``meta_interval`` steps for the interval modes.
+    warmup : int, default=3
+        Untimed rounds first (allocator, kernels, lazy initialisation).
+    modes : sequence of str, optional
+        Mode names from :data:`MODES` (or ``"intervalK"``). Default: :data:`DEFAULT_MODES`,
+        plus :data:`CUDA_MODES` on CUDA. Include ``"plain"`` to get ratios.
+    meta_batch_size : int, optional
+        Meta batch size; default ``batch_size`` (the estimator's default).
+    num_classes, image_size : int
+        Synthetic data: ``(3, image_size, image_size)`` Gaussian images (``(64,)`` features for
+        ``"mlp"``) with uniform labels.
+    model_kwargs : dict, optional
+        Extra constructor arguments for a named model.
+    threads : int, optional
+        ``torch.set_num_threads`` for the run (restored afterwards).
+    seed : int, default=0
+    memory : bool, default=True
+        On CUDA, measure each mode's peak memory in a separate pass.
+    progress : callable, optional
+        Called with a short status line as the run advances (e.g. ``print``).
+
+    Returns
+    -------
+    BenchmarkResult
+        One :class:`BenchmarkRow` per mode, in the order of ``modes``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if modes is None:
+        modes = DEFAULT_MODES + (CUDA_MODES if device.type == "cuda" else ())
+    elif isinstance(modes, str):
+        modes = tuple(m.strip() for m in modes.split(",") if m.strip())
+    specs = [_resolve_mode(m) for m in modes]
+    if len({m.name for m in specs}) != len(specs):
+        raise ValueError(f"modes must be distinct, got {list(modes)}")
+    steps, warmup = int(steps), int(warmup)
+    if steps < 1 or warmup < 0:
+        raise ValueError("steps must be >= 1 and warmup >= 0")
+    meta_batch_size = meta_batch_size or batch_size
+    name, factory = _model_factory(model, num_classes, model_kwargs)
+    say = progress or (lambda _msg: None)
+
+    with _threads(threads), _fork_rng(device):
+        env = environment(device)
+        shape = _input_shape(name, image_size, model_kwargs)
+        batches = _make_batches(shape, batch_size, meta_batch_size, num_classes, device, seed=seed)
+        runners = [_Runner(m, factory, device, batches, seed) for m in specs]
+        samples = {m.name: [] for m in specs}
+        counter = 0
+        with _no_gc(), _OtherLoad() as other:
+            for r in range(warmup + steps):
+                timed = r >= warmup
+                offset = r % len(runners)
+                for runner in runners[offset:] + runners[:offset]:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    n = runner.unit(counter)
+                    _sync(device)
+                    dt = time.perf_counter() - t0
+                    if timed:
+                        samples[runner.mode.name].append(1000.0 * dt / n)
+                counter += 1
+                say(f"{'round' if timed else 'warm-up'} {r + 1 - warmup if timed else r + 1}/"
+                    f"{steps if timed else warmup} done")  # fmt: skip
+        env["other_processes_cores"] = other.cores
+        rows = [_summarise(runner.mode, samples[runner.mode.name], runner.steps_per_unit) for runner in runners]
+        del runners
+        if memory and device.type == "cuda":
+            for row, spec in zip(rows, specs):
+                row.peak_mem_mb = _peak_memory_mb(spec, factory, device, batches, seed)
+                say(f"peak memory of {spec.name}: {row.peak_mem_mb:.0f} MB")
+    _add_ratios(rows)
+    config = {
+        "model": name,
+        "device": str(device),
+        "batch_size": batch_size,
+        "meta_batch_size": meta_batch_size,
+        "input_shape": list(shape),
+        "steps": steps,
+        "warmup": warmup,
+        "modes": [m.name for m in specs],
+        "optimizer": "SGD(lr=0.1, momentum=0.9, weight_decay=5e-4)",
+        "meta_optimizer": "Adam(lr=1e-3, weight_decay=1e-4), WeightNet(100)",
+    }
+    return BenchmarkResult(rows, config, env, title="step benchmark")
+
+
+def _peak_memory_mb(spec, factory, device, batches, seed):
+    """Peak CUDA memory of one mode alone: its model, optimizer state, grads and temporaries."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    _sync(device)
+    base = torch.cuda.memory_allocated(device)
+    runner = _Runner(spec, factory, device, batches, seed)
+    runner.unit(0)  # optimizer state and gradients exist from here on, as in training
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    runner.unit(1)
+    _sync(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del runner
+    gc.collect()
+    torch.cuda.empty_cache()
+    return peak / 2**20
+
+
+# --------------------------------------------------------------------------- fit benchmark
+def run_fit_benchmark(
+    model="small_cnn",
+    device="cpu",
+    batch_size: int = 64,
+    n_batches: int = 8,
+    repeats: int = 3,
+    warmup: int = 1,
+    *,
+    meta_size: int | None = None,
+    gpu_data_path: bool = False,
+    precision: str | None = None,
+    channels_last: bool = False,
+    num_classes: int = 10,
+    image_size: int = 32,
+    model_kwargs: dict | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> BenchmarkResult:
+    """Whole ``fit`` epochs: skorch ``NeuralNetClassifier`` vs :class:`MetaWeightClassifier`.
+
+    Both see the same synthetic training set of ``n_batches * batch_size`` rows (the MW-Net
+    estimator also a meta set of ``meta_size`` rows, default ``batch_size``); each timed sample
+    is one epoch (``partial_fit`` with ``max_epochs=1`` on an initialised net), alternating
+    between the two estimators. The rows report ms per training step (epoch time divided by
+    the number of batches) and seconds per epoch; compare them with :func:`run_benchmark` to see
+    what the skorch glue costs.
+
+    With ``gpu_data_path=True`` the data are uint8 HWC images kept on the device
+    (``data_on_device=True``) and augmented there by :func:`mwnet_sk.augment.cifar_augment`
+    (random crop, flip, normalisation); plain skorch has no such path, so only the
+    MW-Net estimator is timed. ``precision`` and ``channels_last`` are passed to the estimator.
+    ``n_batches=490, batch_size=100`` is one CIFAR-10 epoch of the paper's setting (49,000
+    training images after the 1,000-image meta set).
+    """
+    import numpy as np
+    from skorch import NeuralNetClassifier
+
+    from .estimator import MetaWeightClassifier
+
+    device = torch.device(device)
+    name, factory = _model_factory(model, num_classes, model_kwargs)
+    say = progress or (lambda _msg: None)
+    n_train = int(n_batches) * int(batch_size)
+    meta_size = int(meta_size or batch_size)
+    rng = np.random.RandomState(seed)
+    shape = _input_shape(name, image_size, model_kwargs)
+    if gpu_data_path:
+        if len(shape) != 3:
+            raise ValueError("gpu_data_path needs an image model")
+        hwc = (shape[1], shape[2], shape[0])
+        X = rng.randint(0, 256, size=(n_train, *hwc), dtype=np.uint8)
+        X_meta = rng.randint(0, 256, size=(meta_size, *hwc), dtype=np.uint8)
+    else:
+        X = rng.standard_normal((n_train, *shape)).astype(np.float32)
+        X_meta = rng.standard_normal((meta_size, *shape)).astype(np.float32)
+    y = rng.randint(0, num_classes, n_train).astype(np.int64)
+    y[:num_classes] = np.arange(num_classes)  # every class present
+    y_meta = np.arange(meta_size, dtype=np.int64) % num_classes
+
+    common = {
+        "lr": 0.1,
+        "optimizer": torch.optim.SGD,
+        "optimizer__momentum": 0.9,
+        "optimizer__weight_decay": 5e-4,
+        "batch_size": batch_size,
+        "max_epochs": 1,
+        "train_split": None,
+        "device": str(device),
+        "verbose": 0,
+    }
+    module = _ModuleFactory(factory)
+    estimators = {}
+    if not gpu_data_path:
+        estimators["skorch_epoch"] = (
+            "skorch NeuralNetClassifier.partial_fit, 1 epoch",
+            NeuralNetClassifier(module, criterion=nn.CrossEntropyLoss, **common),
+            {},
+        )
+    extra = {}
+    if gpu_data_path:
+        from .augment import cifar_augment
+
+        extra = {"batch_transform": cifar_augment("cifar10"), "data_on_device": True}
+    estimators["mwnet_epoch"] = (
+        "MetaWeightClassifier.partial_fit, 1 epoch (exact)"
+        + (", GPU data path" if gpu_data_path else "")
+        + (f", {precision}" if precision else "")
+        + (", channels_last" if channels_last else ""),
+        MetaWeightClassifier(
+            module, meta_lr=1e-3, precision=precision, channels_last=channels_last,
+            random_state=seed, **extra, **common,
+        ),
+        {"meta": (X_meta, y_meta)},
+    )  # fmt: skip
+
+    with _threads(threads), _fork_rng(device):
+        env = environment(device)
+        torch.manual_seed(seed)
+        for _, net, _ in estimators.values():
+            net.initialize()
+        samples = {k: [] for k in estimators}
+        keys = list(estimators)
+        with _no_gc(), _OtherLoad() as other:
+            for r in range(int(warmup) + int(repeats)):
+                timed = r >= warmup
+                for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+                    _, net, fit_params = estimators[key]
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    net.partial_fit(X, y, **fit_params)
+                    _sync(device)
+                    if timed:
+                        samples[key].append(time.perf_counter() - t0)
+                say(f"epoch round {r + 1}/{warmup + repeats} done")
+        env["other_processes_cores"] = other.cores
+    rows = []
+    for key, (description, _, _) in estimators.items():
+        per_step = [1000.0 * s / n_batches for s in samples[key]]
+        row = _summarise(Mode(key, description), per_step, 1)
+        row.epoch_s = statistics.median(samples[key])
+        rows.append(row)
+    base = next((r for r in rows if r.mode == "skorch_epoch"), None)
+    if base is not None:
+        for r in rows:
+            r.ratio = r.ms_per_step / base.ms_per_step
+    config = {
+        "model": name,
+        "device": str(device),
+        "batch_size": batch_size,
+        "n_batches": n_batches,
+        "n_train": n_train,
+        "meta_size": meta_size,
+        "repeats": repeats,
+        "warmup": warmup,
+        "gpu_data_path": gpu_data_path,
+        "precision": precision,
+        "channels_last": channels_last,
+    }
+    return BenchmarkResult(rows, config, env, title="fit benchmark")
+
+
+class _ModuleFactory:
+    """A picklable-enough module 'class' for skorch: calling it builds the model."""
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.__name__ = "benchmark_model"
+
+    def __call__(self, **kwargs):
+        return self.factory()
+
+
+# --------------------------------------------------------------------------- formatting
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def format_benchmark(result: BenchmarkResult | Sequence[BenchmarkRow]) -> str:
+    """A Markdown table (with a one-line header of the configuration and machine)."""
+    rows = list(result)
+    lines = []
+    config = getattr(result, "config", {})
+    env = getattr(result, "environment", {})
+    if config or env:
+        where = env.get("gpu") or f"{env.get('cpu', '?')}, {env.get('torch_threads', '?')} threads"
+        what = (
+            f"{config.get('model', '?')}, batch {config.get('batch_size', '?')}"
+            + (f" (meta batch {config['meta_batch_size']})" if "meta_batch_size" in config else "")
+            + (f", {config['n_batches']} batches/epoch" if "n_batches" in config else "")
+        )
+        lines.append(
+            f"{getattr(result, 'title', 'benchmark')}: {what} on {config.get('device', '?')} ({where}); "
+            f"torch {env.get('torch', '?')}; {env.get('date', '?')}"
+        )
+        notes = []
+        if env.get("load_average") is not None:
+            notes.append(f"load average at start {env['load_average']}")
+        if env.get("other_processes_cores") is not None:
+            notes.append(f"other processes used {env['other_processes_cores']:.2f} cores during the timing")
+        if notes:
+            lines.append("; ".join(notes))
+        lines.append("")
+    has_mem = any(r.peak_mem_mb is not None for r in rows)
+    has_epoch = any(r.epoch_s is not None for r in rows)
+    header = ["mode", "ms/step (median)", "IQR", "ratio"]
+    if has_epoch:
+        header.append("s/epoch")
+    if has_mem:
+        header += ["peak MB", "mem ratio"]
+    header.append("what")
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] * len(header)) + "|")
+    for r in rows:
+        cells = [r.mode, f"{r.ms_per_step:.1f}", f"{r.ms_q1:.1f}-{r.ms_q3:.1f}", _fmt(r.ratio, ".2f") + ("x" if r.ratio else "")]
+        if has_epoch:
+            cells.append(_fmt(r.epoch_s, ".2f"))
+        if has_mem:
+            cells += [_fmt(r.peak_mem_mb, ".0f"), _fmt(r.peak_mem_ratio, ".2f")]
+        cells.append(r.description)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The benchmark's options (on ``parser`` if given, e.g. a CLI sub-command)."""
+    parser = parser or argparse.ArgumentParser(
+        prog="bench_step.py",
+        description="Time plain skorch-style steps and Meta-Weight-Net steps side by side "
+        "(interleaved; medians), and optionally whole fit epochs.",
+    )
+    parser.add_argument("--model", default="small_cnn", help="model name (small_cnn, resnet32, wrn28_10, mlp, ...)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
+    parser.add_argument("--meta-batch-size", type=int, default=None, help="meta batch size (default: batch size)")
+    parser.add_argument("--steps", type=int, default=20, help="timed rounds per mode (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
+    parser.add_argument("--modes", default=None,
+                        help="comma-separated modes (default: " + ",".join(DEFAULT_MODES)
+                        + "; on CUDA also " + ",".join(CUDA_MODES) + "); --list-modes shows all")  # fmt: skip
+    parser.add_argument("--list-modes", action="store_true", help="list the modes and exit")
+    parser.add_argument("--image-size", type=int, default=32, help="synthetic image size (default 32)")
+    parser.add_argument("--num-classes", type=int, default=10, help="number of classes (default 10)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-memory", action="store_true", help="skip the CUDA peak-memory pass")
+    parser.add_argument("--no-steps", action="store_true", help="skip the step benchmark")
+    parser.add_argument("--fit-epoch", action="store_true",
+                        help="also time whole fit epochs (MetaWeightClassifier vs skorch NeuralNetClassifier)")  # fmt: skip
+    parser.add_argument("--fit-batches", type=int, default=8, help="batches per fit epoch (default 8)")
+    parser.add_argument("--fit-repeats", type=int, default=3, help="timed epochs per estimator (default 3)")
+    parser.add_argument("--gpu-data-path", action="store_true",
+                        help="fit epochs with uint8 data on the device and cifar_augment (MW-Net only)")
+    parser.add_argument("--precision", default=None, help="fit epochs: estimator precision (e.g. bf16)")
+    parser.add_argument("--channels-last", action="store_true", help="fit epochs: channels_last")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def run_from_args(args) -> int:
+    """Run what parsed ``args`` (from :func:`build_parser`) ask for; print tables; 0 on success."""
+    if args.list_modes:
+        for m in MODES.values():
+            print(f"{m.name:20s} {m.description}{'  [CUDA by default]' if m.cuda_only else ''}")
+        print(f"{'intervalK':20s} exact, meta_interval=K")
+        return 0
+    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    results = []
+    if not args.no_steps:
+        result = run_benchmark(
+            args.model, args.device, args.batch_size, args.steps, args.warmup, args.modes,
+            meta_batch_size=args.meta_batch_size, num_classes=args.num_classes,
+            image_size=args.image_size, threads=args.threads or None, seed=args.seed,
+            memory=not args.no_memory, progress=progress,
+        )  # fmt: skip
+        print(format_benchmark(result))
+        results.append(result)
+    if args.fit_epoch:
+        fit = run_fit_benchmark(
+            args.model, args.device, args.batch_size, args.fit_batches, args.fit_repeats,
+            num_classes=args.num_classes, image_size=args.image_size,
+            gpu_data_path=args.gpu_data_path, precision=args.precision,
+            channels_last=args.channels_last, threads=args.threads or None, seed=args.seed,
+            progress=progress,
+        )  # fmt: skip
+        if results:
+            print()
+        print(format_benchmark(fit))
+        results.append(fit)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([r.as_dict() for r in results], fh, indent=2)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Command line: ``python benchmarks/bench_step.py --help``."""
+    return run_from_args(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
