@@ -285,3 +285,10 @@ def test_meta_dataset_loaded_by_workers_gives_the_same_run(small):
     np.testing.assert_array_equal(serial.sample_weights_, workers.sample_weights_)
     assert serial.meta_sampler_state_["offset"] == workers.meta_sampler_state_["offset"]
     assert torch.equal(serial.meta_sampler_state_["generator"], workers.meta_sampler_state_["generator"])
+
+
+def test_fast_jvp_switch_gives_the_same_fit(small):
+    X, y, mask = small
+    fast = make_clf(max_epochs=1).fit(X, y, meta=mask)
+    generic = make_clf(max_epochs=1, fast_jvp=False).fit(X, y, meta=mask)
+    np.testing.assert_allclose(fast.sample_weights_, generic.sample_weights_, atol=1e-5)
