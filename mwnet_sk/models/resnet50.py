@@ -17,6 +17,8 @@ import torch
 from torchvision.models import ResNet50_Weights
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from ._head import FcHead
+
 __all__ = ["ResNet50", "resnet50", "load_resnet50_state_dict"]
 
 _PATH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".bin", ".ckpt", ".tar")
@@ -124,7 +126,7 @@ def load_resnet50_state_dict(weights) -> dict[str, torch.Tensor]:
     return state
 
 
-class ResNet50(ResNet):
+class ResNet50(FcHead, ResNet):
     """torchvision ResNet-50 with a ``forward_features`` method and offline weights.
 
     Parameters
@@ -201,21 +203,6 @@ class ResNet50(ResNet):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute class logits, ``self.fc(self.forward_features(x))``.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Float images of shape ``(N, 3, H, W)``.
-
-        Returns
-        -------
-        torch.Tensor
-            Logits of shape ``(N, num_classes)``.
-        """
-        return self.fc(self.forward_features(x))
 
 
 def resnet50(num_classes: int = 14, weights=None) -> ResNet50:

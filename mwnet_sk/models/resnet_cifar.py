@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._head import FcHead
+
 __all__ = [
     "CifarResNet",
     "BasicBlock",
@@ -118,7 +120,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(FcHead, nn.Module):
     """ResNet of depth ``6n + 2`` for 32x32 images (He et al., 2016, option-A shortcuts).
 
     Parameters
@@ -192,21 +194,6 @@ class CifarResNet(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return torch.flatten(self.avgpool(out), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute class logits, ``self.fc(self.forward_features(x))``.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Float images of shape ``(N, in_channels, H, W)``.
-
-        Returns
-        -------
-        torch.Tensor
-            Logits of shape ``(N, num_classes)``.
-        """
-        return self.fc(self.forward_features(x))
 
 
 def resnet20(num_classes: int = 10, **kwargs) -> CifarResNet:

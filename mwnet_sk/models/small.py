@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._head import FcHead
+
 __all__ = ["SmallCNN", "MLP"]
 
 
@@ -19,7 +21,7 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(FcHead, nn.Module):
     """A small conv-BN-ReLU network for small images (32x32, but any size works).
 
     Architecture: ``[conv-BN-ReLU](w) -> maxpool -> [conv-BN-ReLU](2w) -> maxpool ->
@@ -80,23 +82,8 @@ class SmallCNN(nn.Module):
         """
         return self.features(x.to(self.fc.weight.dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute class logits, ``self.fc(self.forward_features(x))``.
 
-        Parameters
-        ----------
-        x : torch.Tensor
-            Images of shape ``(N, in_channels, H, W)``.
-
-        Returns
-        -------
-        torch.Tensor
-            Logits of shape ``(N, num_classes)``.
-        """
-        return self.fc(self.forward_features(x))
-
-
-class MLP(nn.Module):
+class MLP(FcHead, nn.Module):
     """Multi-layer perceptron for tabular data (e.g. scikit-learn's digits, 64 features).
 
     Each hidden layer is ``Linear -> [BatchNorm1d] -> ReLU -> [Dropout]``, followed by
@@ -170,17 +157,3 @@ class MLP(nn.Module):
         """
         return self.features(x.to(self.fc.weight.dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute class logits, ``self.fc(self.forward_features(x))``.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Inputs of shape ``(N, n_features)``.
-
-        Returns
-        -------
-        torch.Tensor
-            Logits of shape ``(N, n_classes)``.
-        """
-        return self.fc(self.forward_features(x))

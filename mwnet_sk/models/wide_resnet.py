@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._head import FcHead
+
 __all__ = ["WideResNet", "WideBasicBlock", "wrn28_10"]
 
 
@@ -70,7 +72,7 @@ class WideBasicBlock(nn.Module):
         return out + residual
 
 
-class WideResNet(nn.Module):
+class WideResNet(FcHead, nn.Module):
     """Pre-activation Wide ResNet WRN-``depth``-``widen_factor`` for 32x32 images.
 
     Parameters
@@ -163,21 +165,6 @@ class WideResNet(nn.Module):
         out = self.block3(self.block2(self.block1(out)))
         out = F.relu(self.bn(out))
         return torch.flatten(self.avgpool(out), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute class logits, ``self.fc(self.forward_features(x))``.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Float images of shape ``(N, in_channels, H, W)``.
-
-        Returns
-        -------
-        torch.Tensor
-            Logits of shape ``(N, num_classes)``.
-        """
-        return self.fc(self.forward_features(x))
 
 
 def wrn28_10(num_classes: int = 10, dropout: float = 0.0, **kwargs) -> WideResNet:
