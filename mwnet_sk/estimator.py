@@ -376,7 +376,7 @@ class MetaWeightClassifier(NeuralNetClassifier):
 
     def get_dataset(self, X, y=None):
         """Arrays and tensors become an in-memory dataset that is batched by tensor indexing."""
-        if isinstance(X, (ArrayDataset, torch.utils.data.Dataset)) or not is_array_like(X):
+        if isinstance(X, torch.utils.data.Dataset) or not is_array_like(X):
             return super().get_dataset(X, y)
         X = _as_tensor(X, "X")
         check_sample_shape(tuple(X.shape[1:]), getattr(self, "input_shape_", None), type(self).__name__)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from mwnet_sk import MetaWeightClassifier
 from mwnet_sk.augment import cifar_augment

@@ -11,7 +11,6 @@ from torch import nn
 from mwnet_sk import MetaWeightClassifier, WeightNet
 from mwnet_sk.bilevel import BilevelStep, NonFiniteError, select_parameter_names
 
-from conftest import TinyMLP
 
 
 def per_sample_ce(logits, y):
