@@ -87,7 +87,7 @@ def digits_problem(noise_rate: float, seed: int, smoke: bool):
 def digits_estimators(epochs: int, seed: int, device: str):
     """The demo's MLP, SGD (lr 0.1, momentum 0.9) with lr / 10 at 80% of the epochs."""
     common = dict(
-        module=MLP, module__n_features=64, module__n_classes=10, lr=0.1, optimizer__momentum=0.9,
+        module=MLP, module__n_features=64, module__num_classes=10, lr=0.1, optimizer__momentum=0.9,
         max_epochs=epochs, batch_size=100, device=device, verbose=0,
     )
     milestone = max(1, int(round(0.8 * epochs)))

@@ -1,7 +1,7 @@
 """mwnet-sk: Meta-Weight-Net (Shu et al., NeurIPS 2019) as a scikit-learn / skorch estimator."""
 
 from .estimator import MetaWeightClassifier, TrainingDivergedError
-from .weight_net import WeightFunction, WeightNet
+from .core.weight_net import WeightFunction, WeightNet
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,7 @@ device is synchronised before and after each unit, and peak memory is measured p
 separate pass (``torch.cuda.reset_peak_memory_stats`` before each mode, the mode's own model,
 optimizer state, gradients and temporaries counted, nothing of the other modes).
 
-Use :func:`run_benchmark` (step level, :class:`~mwnet_sk.bilevel.BilevelStep`), or
+Use :func:`run_benchmark` (step level, :class:`~mwnet_sk.core.bilevel.BilevelStep`), or
 :func:`run_fit_benchmark` (whole ``fit`` epochs of :class:`~mwnet_sk.MetaWeightClassifier` and of
 a plain skorch ``NeuralNetClassifier`` on the same data: the glue overhead), and print the result
 with :func:`format_benchmark`. ``python benchmarks/bench_step.py --help`` and
@@ -67,7 +67,7 @@ class Mode:
 
     ``kind="plain"`` is skorch's default ``train_step`` work: zero the gradients, forward, mean
     cross-entropy, backward, SGD step. ``kind="mwnet"`` is one
-    :meth:`BilevelStep.step <mwnet_sk.bilevel.BilevelStep.step>` with the given options.
+    :meth:`BilevelStep.step <mwnet_sk.core.bilevel.BilevelStep.step>` with the given options.
     """
 
     name: str
@@ -246,7 +246,7 @@ def _model_factory(model, num_classes, model_kwargs):
         kwargs = dict(model_kwargs or {})
         if key == "mlp":
             kwargs.setdefault("n_features", 64)
-            kwargs.setdefault("n_classes", num_classes)
+            kwargs.setdefault("num_classes", num_classes)
         else:
             kwargs.setdefault("num_classes", num_classes)
         return key, (lambda: get_model(key, **kwargs))
@@ -290,8 +290,8 @@ class _Runner:
             self.criterion = nn.CrossEntropyLoss()
             self.step = None
         else:
-            from .bilevel import BilevelStep
-            from .weight_net import WeightNet
+            from .core.bilevel import BilevelStep
+            from .core.weight_net import WeightNet
 
             self.weight_net = WeightNet(100).to(device)
             self.meta_optimizer = torch.optim.Adam(self.weight_net.parameters(), lr=1e-3, weight_decay=1e-4)

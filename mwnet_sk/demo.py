@@ -128,7 +128,7 @@ def run_demo_detailed(
     common = dict(
         module=MLP,
         module__n_features=X.shape[1],
-        module__n_classes=10,
+        module__num_classes=10,
         lr=0.1,
         optimizer__momentum=0.9,
         max_epochs=epochs,

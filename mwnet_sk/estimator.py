@@ -26,13 +26,12 @@ from ._data import (
     is_array_like,
     prepare_fit_data,
 )
-from .bilevel import META_GRADIENTS, BilevelStep, NonFiniteError
+from .core.bilevel import META_GRADIENTS, PRECISIONS, BilevelStep, NonFiniteError
 from .callbacks import FinitePassthroughScoring, LoadInitState
-from .weight_net import WeightFunction, WeightNet
+from .core.weight_net import WeightFunction, WeightNet
 
 __all__ = ["MetaWeightClassifier", "TrainingDivergedError"]
 
-_PRECISIONS = {None: None, "32": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -96,6 +95,10 @@ class MetaWeightClassifier(NeuralNetClassifier):
         meta-gradient to the last layer (a FaMUS-like approximation); "all" is the paper.
     normalize_weights : bool, default=False
         Divide the weighted loss by the sum of the weights instead of the batch size.
+    detach_weight_input : bool, default=True
+        Feed the weight net the detached loss in the virtual step (Eq. 3 as written, and the
+        authors' noisy-label scripts). False lets the virtual step's gradient flow through the
+        weight net's input too, as the authors' 2019 class-imbalance script does.
     fast_jvp : bool, default=True
         With ``meta_gradient="exact"``: reuse the real forward's convolution and pooling
         outputs in the JVP and use a fused batch-norm tangent rule (exact either way; about
@@ -171,7 +174,7 @@ class MetaWeightClassifier(NeuralNetClassifier):
     >>> X = (X / 16).astype(np.float32)
     >>> X_tr, X_meta, y_tr, y_meta = train_meta_split(X, y, n_meta_per_class=10, random_state=0)
     >>> y_noisy = make_noisy_labels(y_tr, 0.4, random_state=0)
-    >>> clf = MetaWeightClassifier(MLP, module__n_features=64, module__n_classes=10,
+    >>> clf = MetaWeightClassifier(MLP, module__n_features=64, module__num_classes=10,
     ...                            lr=0.1, max_epochs=5, verbose=0, random_state=0)
     >>> clf = clf.fit(X_tr, y_noisy, meta=(X_meta, y_meta))
     >>> clf.sample_weights_.shape == (len(X_tr),)
@@ -199,6 +202,7 @@ class MetaWeightClassifier(NeuralNetClassifier):
         meta_interval=1,
         meta_params="all",
         normalize_weights=False,
+        detach_weight_input=True,
         fast_jvp=True,
         random_state=None,
         nan_policy="raise",
@@ -217,6 +221,7 @@ class MetaWeightClassifier(NeuralNetClassifier):
         self.meta_interval = meta_interval
         self.meta_params = meta_params
         self.normalize_weights = normalize_weights
+        self.detach_weight_input = detach_weight_input
         self.fast_jvp = fast_jvp
         self.random_state = random_state
         self.nan_policy = nan_policy
@@ -263,8 +268,8 @@ class MetaWeightClassifier(NeuralNetClassifier):
             raise ValueError(f"meta_interval must be an integer >= 1, got {self.meta_interval!r}")
         if self.nan_policy not in ("raise", "skip"):
             raise ValueError(f"nan_policy must be 'raise' or 'skip', got {self.nan_policy!r}")
-        if self.precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {list(_PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         check_batch_size(self.batch_size, "batch_size")
         if self.meta_batch_size is not None:
             check_batch_size(self.meta_batch_size, "meta_batch_size")
@@ -409,7 +414,7 @@ class MetaWeightClassifier(NeuralNetClassifier):
         if isinstance(x, dict) and INDEX_KEY in x:
             x = x[INPUT_KEY]
         x = self._device_input(x, training=self.module_.training)
-        dtype = _PRECISIONS[self.precision]
+        dtype = PRECISIONS[self.precision]
         if dtype is None:
             return self.module_(x, **fit_params)
         with torch.autocast(device_type=torch.device(self.device).type, dtype=dtype):
@@ -578,8 +583,9 @@ class MetaWeightClassifier(NeuralNetClassifier):
             meta_gradient=self.meta_gradient,
             meta_params=self.meta_params,
             normalize_weights=self.normalize_weights,
+            detach_weight_input=self.detach_weight_input,
             fast_jvp=self.fast_jvp,
-            autocast_dtype=_PRECISIONS[self.precision],
+            autocast_dtype=PRECISIONS[self.precision],
         )
         n_rows = data.n_rows
         keep = getattr(self, "sample_weights_", None)

@@ -64,7 +64,7 @@ def _as_weight_callable(obj: Any):
         import torch
 
         if isinstance(obj, torch.nn.Module):
-            from .weight_net import WeightFunction
+            from .core.weight_net import WeightFunction
 
             return WeightFunction(obj)
     except ImportError:  # pragma: no cover

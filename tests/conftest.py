@@ -25,7 +25,7 @@ def digits():
 class TinyMLP(torch.nn.Module):
     """Linear -> BatchNorm -> ReLU -> Linear ``fc``: small, with running statistics."""
 
-    def __init__(self, n_features=64, n_classes=10, hidden=32, dropout=0.0):
+    def __init__(self, n_features=64, num_classes=10, hidden=32, dropout=0.0):
         super().__init__()
         self.body = torch.nn.Sequential(
             torch.nn.Linear(n_features, hidden),
@@ -33,7 +33,7 @@ class TinyMLP(torch.nn.Module):
             torch.nn.ReLU(),
             torch.nn.Dropout(dropout),
         )
-        self.fc = torch.nn.Linear(hidden, n_classes)
+        self.fc = torch.nn.Linear(hidden, num_classes)
 
     def forward(self, x):
         return self.fc(self.body(x))

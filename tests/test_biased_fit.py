@@ -20,7 +20,7 @@ def test_long_tailed_digits_learn_an_increasing_weight_function(digits):
     X_lt, y_lt = make_long_tailed(X_train, y_train, imbalance_factor=20, random_state=0)
     counts = np.bincount(y_lt)
     assert counts[0] / counts[-1] >= 19
-    clf = MetaWeightClassifier(MLP, module__n_features=64, module__n_classes=10, lr=0.1,
+    clf = MetaWeightClassifier(MLP, module__n_features=64, module__num_classes=10, lr=0.1,
                                optimizer__momentum=0.9, max_epochs=30, batch_size=100, meta_lr=1e-2,
                                verbose=0, random_state=0)
     clf.fit(X_lt, y_lt, meta=(X_meta, y_meta))

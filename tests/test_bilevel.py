@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mwnet_sk import MetaWeightClassifier, WeightNet
-from mwnet_sk.bilevel import BilevelStep, NonFiniteError, select_parameter_names
+from mwnet_sk.core.bilevel import BilevelStep, NonFiniteError, select_parameter_names
 
 
 
@@ -67,11 +67,11 @@ def oracle_step(params, bn_state, theta, x, y, xm, ym, *, lr, momentum_wd, meta_
 
 
 class BNMLP(nn.Module):
-    def __init__(self, n_features=5, n_classes=3, hidden=6):
+    def __init__(self, n_features=5, num_classes=3, hidden=6):
         super().__init__()
         self.lin = nn.Linear(n_features, hidden)
         self.bn = nn.BatchNorm1d(hidden)
-        self.fc = nn.Linear(hidden, n_classes)
+        self.fc = nn.Linear(hidden, num_classes)
 
     def forward(self, x):
         return self.fc(torch.relu(self.bn(self.lin(x))))
@@ -156,7 +156,7 @@ class ScaledHead(DropoutBNNet):
         return 2.0 * super().forward(x)
 
 
-def _run_step(net_cls, meta_gradient, meta_params="all", normalize=False, seed=0):
+def _run_step(net_cls, meta_gradient, meta_params="all", normalize=False, seed=0, detach=True):
     torch.manual_seed(seed)
     model = net_cls().double()
     wnet = WeightNet(8).double()
@@ -168,7 +168,7 @@ def _run_step(net_cls, meta_gradient, meta_params="all", normalize=False, seed=0
     )
     mopt = torch.optim.SGD(wnet.parameters(), lr=1.0)
     step = BilevelStep(model, wnet, per_sample_ce, opt, mopt, meta_gradient=meta_gradient,
-                       meta_params=meta_params, normalize_weights=normalize)
+                       meta_params=meta_params, normalize_weights=normalize, detach_weight_input=detach)
     g = torch.Generator().manual_seed(123)
     x = torch.randn(10, 3, 5, 5, generator=g, dtype=torch.float64)
     y = torch.randint(0, 4, (10,), generator=g)
@@ -182,9 +182,10 @@ def _run_step(net_cls, meta_gradient, meta_params="all", normalize=False, seed=0
 @pytest.mark.parametrize("net_cls", [DropoutBNNet, ScaledHead])
 @pytest.mark.parametrize("meta_params", ["all", "last", ["conv.weight", "fc.bias"]])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_exact_equals_unrolled(net_cls, meta_params, normalize):
-    m_exact, w_exact, r_exact = _run_step(net_cls, "exact", meta_params, normalize)
-    m_unr, w_unr, r_unr = _run_step(net_cls, "unrolled", meta_params, normalize)
+@pytest.mark.parametrize("detach", [True, False])
+def test_exact_equals_unrolled(net_cls, meta_params, normalize, detach):
+    m_exact, w_exact, r_exact = _run_step(net_cls, "exact", meta_params, normalize, detach=detach)
+    m_unr, w_unr, r_unr = _run_step(net_cls, "unrolled", meta_params, normalize, detach=detach)
     for a, b in zip(w_exact.parameters(), w_unr.parameters()):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
     for a, b in zip(m_exact.state_dict().values(), m_unr.state_dict().values()):
@@ -216,8 +217,12 @@ def test_finite_difference_mode_close_to_exact():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_weight_net_gradient_matches_finite_differences():
-    """Central differences of Θ -> L_meta(ŵ(Θ)) against the gradient the fast path writes."""
+@pytest.mark.parametrize("normalize,detach", [(False, True), (True, True), (True, False), (False, False)])
+def test_weight_net_gradient_matches_finite_differences(normalize, detach):
+    """Central differences of Θ -> L_meta(ŵ(Θ)) against the gradient the fast path writes.
+
+    ``detach=False, normalize=True`` is the virtual step of the authors' 2019 class-imbalance
+    script: ``v = vnet(cost)`` with the loss not detached, weights divided by their sum."""
     torch.manual_seed(3)
     model = BNMLP(4, 3, 5).double()
     wnet = WeightNet(3).double()
@@ -232,15 +237,16 @@ def test_weight_net_gradient_matches_finite_differences():
         mdl = copy.deepcopy(model)
         logits = mdl(x)
         losses = F.cross_entropy(logits, y, reduction="none")
-        with torch.no_grad():
-            v = net(losses.detach()[:, None])[:, 0]
-        grads = torch.autograd.grad((v * losses).mean(), list(mdl.parameters()))
+        v = net((losses.detach() if detach else losses)[:, None])[:, 0]
+        virtual = (v * losses).sum() / v.sum() if normalize else (v * losses).mean()
+        grads = torch.autograd.grad(virtual, list(mdl.parameters()))
         with torch.no_grad():
             for p, g in zip(mdl.parameters(), grads):
                 p -= lr * g
             return F.cross_entropy(mdl(xm), ym).item()
 
-    step = BilevelStep(model, wnet, per_sample_ce, opt, torch.optim.SGD(wnet.parameters(), 0.0))
+    step = BilevelStep(model, wnet, per_sample_ce, opt, torch.optim.SGD(wnet.parameters(), 0.0),
+                       normalize_weights=normalize, detach_weight_input=detach)
     logits, losses = step.forward_train(x, y)
     step.meta_gradient_(x, y, logits, losses, xm, ym)
     analytic = torch.cat([p.grad.reshape(-1) for p in wnet.parameters()])

@@ -1,4 +1,4 @@
-"""The exact meta-gradient's fast JVP path (mwnet_sk._fast_jvp, used by bilevel) against torch's generic forward AD
+"""The exact meta-gradient's fast JVP path (mwnet_sk.core._fast_jvp, used by bilevel) against torch's generic forward AD
 and against the unrolled oracle: custom batch-norm rule, reuse of the real forward's
 convolution and max-pool outputs, fallbacks."""
 
@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import forward_ad as fwAD
 
-from mwnet_sk import WeightNet, bilevel
-from mwnet_sk.bilevel import BilevelStep
+from mwnet_sk import WeightNet
+from mwnet_sk.core import bilevel
+from mwnet_sk.core.bilevel import BilevelStep
 
 
 def per_sample_ce(logits, y):

@@ -265,7 +265,7 @@ def test_learned_weight_function_decreases_under_label_noise(digits):
     corrupted = y_noisy != y
     from mwnet_sk.models import MLP
 
-    clf = make_clf(module=MLP, module__n_features=64, module__n_classes=10, max_epochs=30,
+    clf = make_clf(module=MLP, module__n_features=64, module__num_classes=10, max_epochs=30,
                    batch_size=100, meta_lr=1e-2,
                    callbacks=[LRScheduler("MultiStepLR", milestones=[24], gamma=0.1)])
     clf.fit(X, y_noisy, meta=mask)

@@ -272,7 +272,7 @@ def test_mlp(kwargs, expected):
 
 
 def test_mlp_any_n_features():
-    assert MLP(n_features=5, n_classes=2)(torch.randn(4, 5)).shape == (4, 2)
+    assert MLP(n_features=5, num_classes=2)(torch.randn(4, 5)).shape == (4, 2)
 
 
 def test_models_pickle_roundtrip():
@@ -293,7 +293,7 @@ def test_registry_names_and_build():
     assert get_model("resnet32", num_classes=100).fc.out_features == 100
     assert n_params(get_model("resnet44")) == 658_586
     assert isinstance(get_model("small_cnn", width=4), SmallCNN)
-    assert get_model("mlp", n_features=64, n_classes=10).fc.in_features == 128
+    assert get_model("mlp", n_features=64, num_classes=10).fc.in_features == 128
     assert isinstance(get_model("RESNET20"), CifarResNet)
 
 

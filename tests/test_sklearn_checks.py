@@ -15,10 +15,10 @@ from mwnet_sk import MetaWeightClassifier
 
 
 class LazyMLP(nn.Module):
-    def __init__(self, n_classes=2, hidden=32):
+    def __init__(self, num_classes=2, hidden=32):
         super().__init__()
         self.body = nn.Sequential(nn.LazyLinear(hidden), nn.ReLU())
-        self.fc = nn.Linear(hidden, n_classes)
+        self.fc = nn.Linear(hidden, num_classes)
 
     def forward(self, x):
         # the checks pass integer features too; the estimator hands non-float arrays over as
@@ -36,7 +36,7 @@ class CheckedMetaWeightClassifier(MetaWeightClassifier):
 
     def initialize_module(self):
         super().initialize_module()
-        self.module_ = LazyMLP(n_classes=getattr(self, "n_classes_for_checks_", 2))
+        self.module_ = LazyMLP(num_classes=getattr(self, "n_classes_for_checks_", 2))
         return self
 
 

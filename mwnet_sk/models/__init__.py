@@ -75,7 +75,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
         (case-insensitive; ``-`` is read as ``_``).
     **kwargs
         Passed to the constructor, e.g. ``num_classes=100`` for the CNNs, or
-        ``n_features=64, n_classes=10`` for ``"mlp"``.
+        ``n_features=64, num_classes=10`` for ``"mlp"``.
 
     Returns
     -------

@@ -95,7 +95,7 @@ class MLP(FcHead, nn.Module):
         Number of input features. Inputs with more than two dimensions are
         flattened from dimension 1, so e.g. ``(N, 8, 8)`` images work with
         ``n_features=64``.
-    n_classes : int
+    num_classes : int
         Number of output logits.
     hidden : int or sequence of int, default=(128,)
         Hidden layer sizes; ``()`` gives multinomial logistic regression.
@@ -107,7 +107,7 @@ class MLP(FcHead, nn.Module):
     Attributes
     ----------
     fc : torch.nn.Linear
-        The classifier ``Linear(hidden[-1] or n_features, n_classes)``.
+        The classifier ``Linear(hidden[-1] or n_features, num_classes)``.
 
     Notes
     -----
@@ -118,7 +118,7 @@ class MLP(FcHead, nn.Module):
     def __init__(
         self,
         n_features: int,
-        n_classes: int,
+        num_classes: int,
         hidden: int | Sequence[int] = (128,),
         dropout: float = 0.0,
         batchnorm: bool = False,
@@ -128,7 +128,7 @@ class MLP(FcHead, nn.Module):
             hidden = (hidden,)
         hidden = tuple(int(h) for h in hidden)
         self.n_features = int(n_features)
-        self.n_classes = int(n_classes)
+        self.num_classes = int(num_classes)
         layers: list[nn.Module] = [nn.Flatten(1)]
         d = self.n_features
         for h in hidden:
@@ -140,7 +140,7 @@ class MLP(FcHead, nn.Module):
                 layers.append(nn.Dropout(dropout))
             d = h
         self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(d, self.n_classes)
+        self.fc = nn.Linear(d, self.num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Compute the last hidden representation.

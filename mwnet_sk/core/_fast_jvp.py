@@ -1,6 +1,6 @@
 """Cheaper forward-mode rules for the JVP of the exact meta-gradient (pure torch).
 
-The exact meta-gradient (:mod:`mwnet_sk.bilevel`) needs one Jacobian-vector product of the
+The exact meta-gradient (:mod:`mwnet_sk.core.bilevel`) needs one Jacobian-vector product of the
 per-sample losses at the current weights. torch's generic forward AD recomputes every primal
 value and uses a composite rule for batch norm; these torch-function modes make the same JVP
 cheaper and stay exact:

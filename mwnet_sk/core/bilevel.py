@@ -10,13 +10,16 @@ current learning rate, per parameter group).
 
 where R(v, l) = mean(v · l) (Eq. 1), or sum(v · l) / sum(v) when ``normalize_weights``.
 
-Because R is linear in l, ∇_w R(V, L) = R(V, ∇_w L), and the chain rule through step 1 gives
-Eq. 6 of the paper in first-order terms:
+The virtual gradient is a combination of the per-sample gradients, ∇_w R = Σ_j c_j ∇_w L_j with
+c_j(Θ) = ∂R(V(l; Θ), l)/∂l_j at l = L(w). With the weight net's input detached (Eq. 3 as
+written; the default) c_j = V_j/n, or V_j/ΣV when normalised. With ``detach_weight_input=False``
+(the authors' 2019 class-imbalance script) c_j also carries V's slope, V'(L_j) L_j/n. Either way
+the chain rule through step 1 gives Eq. 6 of the paper in first-order terms:
 
-    ∇_Θ L^meta(ŵ) = −∇_Θ R(V(L; Θ), s),   s_j = Σ_k α_k ⟨∇_{w_k} L^meta(ŵ), ∇_{w_k} L_j(w)⟩,
+    ∇_Θ L^meta(ŵ) = −Σ_j s_j ∇_Θ c_j(Θ),   s_j = Σ_k α_k ⟨∇_{w_k} L^meta(ŵ), ∇_{w_k} L_j(w)⟩,
 
-and the vector s is one forward-mode Jacobian-vector product of the per-sample loss vector
-at w along the direction u = α ⊙ ∇L^meta(ŵ). No second-order graph is ever built; this is
+(with detached input, −∇_Θ R(V(L; Θ), s)), and the vector s is one forward-mode
+Jacobian-vector product of the per-sample loss vector at w along u = α ⊙ ∇L^meta(ŵ). No second-order graph is ever built; this is
 ``meta_gradient="exact"``. ``"unrolled"`` differentiates through step 1 with
 ``create_graph=True`` (the paper's code) and is kept as the reference oracle;
 ``"finite_difference"`` approximates s by central differences along u.
@@ -33,7 +36,7 @@ forward, the virtual backward, the meta forward and backward, the JVP and the re
 The JVP is the one part torch does wastefully, so ``fast_jvp`` (default) makes it cheaper:
 its primal values are the real forward's, so convolution and max-pool outputs recorded there
 are reused and only tangents are computed, and training-mode batch norm gets a fused tangent
-rule (both in :mod:`mwnet_sk._fast_jvp`). When only a head that ends the model takes the virtual step
+rule (both in :mod:`mwnet_sk.core._fast_jvp`). When only a head that ends the model takes the virtual step
 (``meta_params="last"``), the JVP and the finite differences run the head alone on its
 captured input; the meta forward records graph only from the head on (frozen parameters enter
 detached).
@@ -60,9 +63,13 @@ __all__ = [
     "META_GRADIENTS",
     "weighted_loss",
     "select_parameter_names",
+    "PRECISIONS",
 ]
 
 META_GRADIENTS = ("exact", "unrolled", "finite_difference")
+
+#: ``precision`` names and the autocast dtype each one runs forwards under (None: no autocast).
+PRECISIONS = {None: None, "32": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteError(FloatingPointError):
@@ -162,6 +169,10 @@ class BilevelStep:
         through those parameters (a FaMUS-like approximation); "all" is the paper.
     normalize_weights : bool, default=False
         Use sum(v·l)/sum(v) instead of the batch mean of Eq. 1.
+    detach_weight_input : bool, default=True
+        Feed the weight net the detached loss in the virtual step (Eq. 3 as written). False
+        lets the virtual gradient flow through V's input too, as the authors' 2019
+        class-imbalance script does. The real step always uses detached weights.
     autocast_dtype : torch.dtype or None
         Run forwards under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
     fd_epsilon : float, default=1e-3
@@ -187,6 +198,7 @@ class BilevelStep:
         meta_gradient: str = "exact",
         meta_params="all",
         normalize_weights: bool = False,
+        detach_weight_input: bool = True,
         autocast_dtype: torch.dtype | None = None,
         fd_epsilon: float = 1e-3,
         check_finite: bool = True,
@@ -201,6 +213,7 @@ class BilevelStep:
         self.meta_optimizer = meta_optimizer
         self.meta_gradient = meta_gradient
         self.normalize_weights = bool(normalize_weights)
+        self.detach_weight_input = bool(detach_weight_input)
         self.autocast_dtype = autocast_dtype
         self.fd_epsilon = float(fd_epsilon)
         self.check_finite = bool(check_finite)
@@ -294,9 +307,18 @@ class BilevelStep:
             losses = losses.float()
         return losses
 
-    def _weights(self, losses: torch.Tensor) -> torch.Tensor:
-        inputs = losses.detach().unsqueeze(1).to(self._weight_dtype)
+    def _weights(self, losses: torch.Tensor, detach: bool = True) -> torch.Tensor:
+        inputs = (losses.detach() if detach else losses).unsqueeze(1).to(self._weight_dtype)
         return self.weight_net(inputs).squeeze(1).to(losses.dtype)
+
+    def _loss_coefficients(self, losses: torch.Tensor) -> torch.Tensor:
+        """c(Θ) = ∂R(V(l; Θ), l)/∂l at l = L(w), with a graph to Θ (see the module docstring)."""
+        point = losses.detach().requires_grad_(True)
+        with torch.enable_grad():
+            weights = self._weights(point, detach=self.detach_weight_input)
+            objective = weighted_loss(weights, point, self.normalize_weights)
+            (coefficients,) = torch.autograd.grad(objective, point, create_graph=True)
+        return coefficients
 
     def _rng_state(self, device):
         if not self.has_dropout:
@@ -389,9 +411,9 @@ class BilevelStep:
             return self._unrolled(losses, x_meta, y_meta, lrs, device)
 
         head_input = self._head_input(logits)
-        with torch.no_grad():
-            weights0 = self._weights(losses)
-        virtual = weighted_loss(weights0, losses, self.normalize_weights)
+        # ∇_w R = Σ_j c_j ∇L_j: the virtual step needs c's value, the meta-gradient its graph to Θ.
+        coefficients = self._loss_coefficients(losses)
+        virtual = (coefficients.detach() * losses).sum()
         # retain_graph: the same train graph serves the real step's backward (no third forward).
         grads = torch.autograd.grad(virtual, self.virtual_params, retain_graph=True, allow_unused=True)
         w_hat = {}
@@ -417,8 +439,7 @@ class BilevelStep:
         finally:
             self._set_rng_state(rng_after, device)
 
-        weights = self._weights(losses)
-        surrogate = -weighted_loss(weights, similarity.detach(), self.normalize_weights)
+        surrogate = -(coefficients * similarity.detach()).sum()
         self.meta_optimizer.zero_grad(set_to_none=True)
         surrogate.backward()
         return meta_loss.detach()
@@ -483,7 +504,7 @@ class BilevelStep:
 
     def _unrolled(self, losses, x_meta, y_meta, lrs, device):
         self._captured = None
-        weights = self._weights(losses)
+        weights = self._weights(losses, detach=self.detach_weight_input)
         virtual = weighted_loss(weights, losses, self.normalize_weights)
         grads = torch.autograd.grad(
             virtual, self.virtual_params, create_graph=True, retain_graph=True, allow_unused=True
