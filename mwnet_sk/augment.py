@@ -4,15 +4,18 @@ When the whole (uint8) training set lives on the accelerator and batches are
 indexed from it, augmentation has to run per batch on the device, without any
 per-sample Python. :class:`BatchAugment` does the standard CIFAR recipe that way:
 
-- ``train()`` mode: random crop from the zero-padded image (one random offset per
+- ``train()`` mode: random crop from the padded image (one random offset per
   sample) and random horizontal flip (one coin per sample), both done by a single
   advanced-indexing gather; then conversion to float and normalisation.
 - ``eval()`` mode: conversion to float and normalisation only (plus a centre crop
   when ``crop_size`` is smaller than the image).
 
-Zero padding is applied to the *raw* pixels, before normalisation, exactly like
-``torchvision.transforms.RandomCrop(32, padding=4)`` on a PIL image followed by
-``ToTensor()`` and ``Normalize(mean, std)``.
+Padding is applied to the *raw* pixels, before normalisation: zeros by default, exactly
+like ``torchvision.transforms.RandomCrop(32, padding=4)`` on a PIL image followed by
+``ToTensor()`` and ``Normalize(mean, std)``; or a mirror image of the border
+(``padding_mode="reflect"``), as the official Meta-Weight-Net code pads.
+
+The statistics come from the one table of the package, :data:`mwnet_sk.datasets.NORMALIZATION`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .datasets._catalog import NORMALIZATION, dataset_key
 
 __all__ = [
     "BatchAugment",
@@ -34,22 +39,18 @@ __all__ = [
     "IMAGENET_STD",
 ]
 
-#: CIFAR-10 per-channel mean of the training images (in [0, 1] units).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-#: CIFAR-10 per-channel standard deviation over all training pixels. These are the
-#: true pixel statistics (the MW-Net code's ``[63.0, 62.1, 66.7] / 255``), not the
-#: frequently copied ``(0.2023, 0.1994, 0.2010)``.
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-#: CIFAR-100 per-channel mean of the training images.
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-#: CIFAR-100 per-channel standard deviation over all training pixels.
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-#: ImageNet statistics (used for pretrained ResNet-50 on Clothing1M).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-#: ImageNet statistics (used for pretrained ResNet-50 on Clothing1M).
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: CIFAR-10 per-channel mean and standard deviation over all training pixels, as in the
+#: official MW-Net code: ``(125.3, 123.0, 113.9) / 255`` and ``(63.0, 62.1, 66.7) / 255``
+#: (the true pixel statistics, not the frequently copied ``(0.2023, 0.1994, 0.2010)``).
+CIFAR10_MEAN, CIFAR10_STD = NORMALIZATION["cifar10"]
+#: CIFAR-100 per-channel mean and standard deviation of the training images.
+CIFAR100_MEAN, CIFAR100_STD = NORMALIZATION["cifar100"]
+#: ImageNet statistics (torchvision's pretrained models).
+IMAGENET_MEAN, IMAGENET_STD = NORMALIZATION["imagenet"]
 
 _LAYOUTS = ("auto", "NCHW", "NHWC")
+_PADDING_MODES = ("constant", "reflect")
+_CIFAR = ("cifar10", "cifar100")
 
 
 def _pair(value, name: str) -> tuple[int, int] | None:
@@ -74,7 +75,13 @@ class BatchAugment(nn.Module):
     std : float or sequence of float
         Per-channel standard deviation in [0, 1] units.
     crop_padding : int, default=4
-        Zero padding added on each side before the random crop (train mode only).
+        Padding added on each side before the random crop (train mode only).
+    padding_mode : {"constant", "reflect"}, default="constant"
+        ``"constant"`` pads with black pixels (zeros before normalisation), like
+        torchvision's ``RandomCrop(padding=4)``; ``"reflect"`` mirrors the image at its border
+        without repeating the edge pixel (``torch.nn.functional.pad(..., mode="reflect")``),
+        as the official Meta-Weight-Net code does. Reflection needs ``crop_padding`` smaller
+        than the image.
     flip : bool, default=True
         Whether to flip each sample horizontally with probability 1/2 (train mode only).
     crop_size : int or (int, int), default=None
@@ -102,9 +109,10 @@ class BatchAugment(nn.Module):
     input's device, equal to ``(x / 255 - mean) / std``.
 
     The random crop and the flip are one gather with per-sample index arithmetic:
-    the batch is padded once, a row index ``dy_n + i`` and a column index
-    ``dx_n + j`` (or ``dx_n + w - 1 - j`` for flipped samples) are built for every
-    sample ``n``, and the pixels are picked by advanced indexing. Per call the
+    a row index ``dy_n + i`` and a column index ``dx_n + j`` (or ``dx_n + w - 1 - j``
+    for flipped samples) into the padded image are built for every sample ``n``, and
+    the pixels are picked by advanced indexing (zero padding pads the batch once;
+    reflection maps the indices back into the image instead). Per call the
     module draws, in this order, ``N`` row offsets, ``N`` column offsets and ``N``
     flip coins. There is no Python loop over samples.
 
@@ -128,6 +136,7 @@ class BatchAugment(nn.Module):
         layout: str = "auto",
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
+        padding_mode: str = "constant",
     ) -> None:
         super().__init__()
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
@@ -140,9 +149,12 @@ class BatchAugment(nn.Module):
             raise ValueError(f"crop_padding must be >= 0; got {crop_padding!r}")
         if layout not in _LAYOUTS:
             raise ValueError(f"layout must be one of {_LAYOUTS}; got {layout!r}")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}; got {padding_mode!r}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype; got {dtype}")
         self.crop_padding = int(crop_padding)
+        self.padding_mode = padding_mode
         self.flip = bool(flip)
         self.crop_size = _pair(crop_size, "crop_size")
         self.layout = layout
@@ -161,7 +173,8 @@ class BatchAugment(nn.Module):
         return (
             f"mean={tuple(round(v, 4) for v in self.mean.tolist())}, "
             f"std={tuple(round(v, 4) for v in self.std.tolist())}, crop_padding={self.crop_padding}, "
-            f"flip={self.flip}, crop_size={self.crop_size}, layout={self.layout!r}"
+            f"padding_mode={self.padding_mode!r}, flip={self.flip}, crop_size={self.crop_size}, "
+            f"layout={self.layout!r}"
         )
 
     def _to_nhwc(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,16 +225,22 @@ class BatchAugment(nn.Module):
             p = self.crop_padding
             if ch > h + 2 * p or cw > w + 2 * p:
                 raise ValueError(f"crop_size {(ch, cw)} exceeds the padded image size {(h + 2 * p, w + 2 * p)}")
-            if p > 0:
+            reflect = self.padding_mode == "reflect" and p > 0
+            if reflect and (p >= h or p >= w):
+                raise ValueError(f"reflect padding of {p} needs images larger than {p} pixels; got {(h, w)}")
+            if p > 0 and not reflect:
                 x = F.pad(x, (0, 0, p, p, p, p))  # NHWC: pad W then H, not C
             dy = self._randint(h + 2 * p - ch + 1, n, device)
             dx = self._randint(w + 2 * p - cw + 1, n, device)
-            rows = dy[:, None] + torch.arange(ch, device=device)  # (N, ch)
+            rows = dy[:, None] + torch.arange(ch, device=device)  # (N, ch), padded coordinates
             cols = torch.arange(cw, device=device).expand(n, cw)  # (N, cw)
             if self.flip:
                 flipped = self._randint(2, n, device).bool()
                 cols = torch.where(flipped[:, None], cw - 1 - cols, cols)
             cols = dx[:, None] + cols
+            if reflect:  # padded coordinates -> the mirrored pixel of the unpadded image
+                rows = _reflect(rows - p, h)
+                cols = _reflect(cols - p, w)
             batch = torch.arange(n, device=device)[:, None, None]
             x = x[batch, rows[:, :, None], cols[:, None, :]]  # (N, ch, cw, C)
         elif (ch, cw) != (h, w):
@@ -239,19 +258,27 @@ class BatchAugment(nn.Module):
         return ((out - mean) / std).contiguous()
 
 
-def cifar_augment(dataset: str = "cifar10", **kwargs) -> BatchAugment:
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Mirror indices in ``[-size + 1, 2 * size - 2]`` into ``[0, size)`` (edge not repeated)."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def cifar_augment(dataset: str = "cifar10", *, normalize: str | None = None, **kwargs) -> BatchAugment:
     """Standard CIFAR training augmentation: pad-4 random crop, flip, normalise.
 
     Parameters
     ----------
     dataset : {"cifar10", "cifar100"}, default="cifar10"
-        Which statistics to normalise with: CIFAR-10 mean (0.4914, 0.4822, 0.4465)
-        and std (0.2470, 0.2435, 0.2616), or CIFAR-100 mean (0.5071, 0.4865, 0.4409)
-        and std (0.2673, 0.2564, 0.2762). The CIFAR-10 std is the true per-pixel std
-        (as in the official MW-Net code), not the classic (0.2023, 0.1994, 0.2010).
+        The data set, which selects the normalisation statistics of
+        :data:`mwnet_sk.datasets.NORMALIZATION` (CIFAR-10: the official MW-Net code's
+        ``(125.3, 123.0, 113.9) / 255`` and ``(63.0, 62.1, 66.7) / 255``).
+    normalize : {"cifar10", "cifar100"} or None, default=None
+        Normalise with another data set's statistics: the official code normalises
+        CIFAR-100 with the CIFAR-10 values (``normalize="cifar10"``).
     **kwargs
-        Passed to :class:`BatchAugment` (e.g. ``crop_padding``, ``flip``, ``layout``,
-        ``generator``).
+        Passed to :class:`BatchAugment` (e.g. ``padding_mode="reflect"`` as in the
+        official code, ``crop_padding``, ``flip``, ``layout``, ``generator``).
 
     Returns
     -------
@@ -261,11 +288,15 @@ def cifar_augment(dataset: str = "cifar10", **kwargs) -> BatchAugment:
     Raises
     ------
     ValueError
-        If ``dataset`` is not ``"cifar10"`` or ``"cifar100"``.
+        If ``dataset`` or ``normalize`` is not a CIFAR data set.
+
+    Examples
+    --------
+    >>> aug = cifar_augment("cifar100", normalize="cifar10", padding_mode="reflect")
+    >>> aug.padding_mode
+    'reflect'
     """
-    key = str(dataset).lower().replace("-", "").replace("_", "")
-    stats = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
-    if key not in stats:
-        raise ValueError(f"unknown dataset {dataset!r}; expected 'cifar10' or 'cifar100'")
-    mean, std = stats[key]
+    key = dataset_key(dataset, _CIFAR, "dataset")
+    stats = dataset_key(normalize, _CIFAR, "normalize") if normalize is not None else key
+    mean, std = NORMALIZATION[stats]
     return BatchAugment(mean, std, **kwargs)

@@ -31,10 +31,16 @@ def random_images(n=16, h=32, w=32, seed=0):
     return torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=g)
 
 
-def candidates(img_chw: torch.Tensor, pad: int, size):
-    """All (crop, flip) outputs of a zero-padded uint8 image, normalised."""
+def candidates(img_chw: torch.Tensor, pad: int, size, mode: str = "constant"):
+    """All (crop, flip) outputs of a padded uint8 image, normalised.
+
+    ``mode="reflect"`` pads like the official MW-Net code: ``F.pad`` on the float image.
+    """
     ch, cw = size
-    padded = F.pad(img_chw, (pad, pad, pad, pad))
+    if mode == "reflect":
+        padded = F.pad(img_chw[None].float(), (pad, pad, pad, pad), mode="reflect")[0].to(torch.uint8)
+    else:
+        padded = F.pad(img_chw, (pad, pad, pad, pad))
     out = {}
     for dy in range(padded.shape[1] - ch + 1):
         for dx in range(padded.shape[2] - cw + 1):
@@ -60,7 +66,7 @@ def test_shape_dtype_and_default_stats():
     aug100 = cifar_augment("cifar100")
     torch.testing.assert_close(aug100.mean, torch.tensor(CIFAR100_MEAN))
     torch.testing.assert_close(aug100.std, torch.tensor(CIFAR100_STD))
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(ValueError, match="Unknown dataset"):
         cifar_augment("svhn")
 
 
@@ -96,6 +102,50 @@ def test_train_outputs_are_padded_crops_possibly_flipped(layout):
         assert all(-4 <= dy <= 4 and -4 <= dx <= 4 for dy, dx, _ in keys)
         offsets.add(keys[0][:2])
     assert len(offsets) > 1  # offsets are per sample
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_reflect_padding_matches_the_official_codes_pad(layout):
+    torch.manual_seed(0)
+    aug = cifar_augment(padding_mode="reflect").train()
+    x = random_images(24)
+    inp = x if layout == "NCHW" else x.permute(0, 2, 3, 1).contiguous()
+    y = aug(inp)
+    border = set()
+    for i in range(8):
+        keys = match(y[i], candidates(x[i], 4, (32, 32), mode="reflect"))
+        assert keys, f"sample {i} is not a reflect-padded crop of its input"
+        border |= {(dy, dx) for dy, dx, _ in keys if dy or dx}
+    assert border  # some crops reach into the mirrored border
+    # a crop that reaches the border is not a zero-padded crop (the modes differ)
+    constant = cifar_augment().train()
+    torch.manual_seed(0)
+    assert not torch.equal(constant(inp), y)
+
+
+def test_reflect_padding_needs_larger_images_and_a_known_mode():
+    aug = BatchAugment(CIFAR10_MEAN, CIFAR10_STD, crop_padding=4, padding_mode="reflect")
+    with pytest.raises(ValueError, match="reflect padding of 4"):
+        aug(random_images(2, h=4, w=4))
+    with pytest.raises(ValueError, match="padding_mode"):
+        BatchAugment(CIFAR10_MEAN, CIFAR10_STD, padding_mode="edge")
+
+
+def test_cifar100_with_the_official_codes_cifar10_statistics():
+    aug = cifar_augment("CIFAR-100", normalize="cifar10")
+    torch.testing.assert_close(aug.mean, torch.tensor(CIFAR10_MEAN))
+    torch.testing.assert_close(aug.std, torch.tensor(CIFAR10_STD))
+    with pytest.raises(ValueError, match="Unknown normalize 'imagenet'"):
+        cifar_augment("cifar100", normalize="imagenet")
+
+
+def test_one_table_of_statistics():
+    from mwnet_sk import datasets
+
+    assert CIFAR10_MEAN == datasets.CIFAR10_MEAN == tuple(v / 255 for v in (125.3, 123.0, 113.9))
+    assert CIFAR10_STD == datasets.CIFAR10_STD == tuple(v / 255 for v in (63.0, 62.1, 66.7))
+    assert (CIFAR100_MEAN, CIFAR100_STD) == datasets.NORMALIZATION["cifar100"]
+    assert augment_module.IMAGENET_MEAN == datasets.NORMALIZATION["imagenet"][0]
 
 
 def test_padding_is_zero_before_normalisation():

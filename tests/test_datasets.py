@@ -209,7 +209,9 @@ def test_missing_cifar_file_message(cifar10_root, tmp_path):
         load_cifar("cifar10", cifar10_root)
     msg = str(exc.value)
     assert "data_batch_3" in msg
-    assert "https://www.cs.toronto.edu/~kriz/cifar.html" in msg and "download=True" in msg
+    assert "https://www.cs.toronto.edu/~kriz/cifar.html" in msg and "cifar-10-python.tar.gz" in msg
+    # facts only: how to pass a flag or an argument is the caller's business (the CLI says --download)
+    assert "download" not in msg.replace("cifar-10-python", "")
     # the test split is still readable
     load_cifar("cifar10", cifar10_root, train=False)
     with pytest.raises(FileNotFoundError, match=r"cifar-100-python.test"):
@@ -241,6 +243,34 @@ def test_malformed_cifar_batch(cifar10_root):
     _dump({b"data": np.zeros((3, 3072), np.uint8)}, path)
     with pytest.raises(ValueError, match=r"test_batch: key 'labels' missing"):
         load_cifar("cifar10", cifar10_root, train=False)
+
+
+@pytest.mark.parametrize("bad", [57, -1])
+def test_cifar_labels_outside_the_classes_are_refused_naming_the_file(cifar10_root, bad):
+    path = cifar10_root / "cifar-10-batches-py" / "data_batch_4"
+    _dump({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, bad, 2]}, path)
+    with pytest.raises(ValueError, match=rf"data_batch_4: 1 labels under 'labels' are outside \[0, 9\].*{bad} for image 1"):
+        load_cifar("cifar10", cifar10_root)
+
+
+def test_cifar100_label_range_is_its_own(cifar100_root):
+    path = cifar100_root / "cifar-100-python" / "test"
+    _dump({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [99, 100]}, path)
+    with pytest.raises(ValueError, match=r"test: 1 labels .* outside \[0, 99\]"):
+        load_cifar("cifar100", cifar100_root, train=False)
+
+
+def test_truncated_cifar_batch_names_its_file(cifar10_root):
+    path = cifar10_root / "cifar-10-batches-py" / "data_batch_5"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"data_batch_5: not a readable pickle file, truncated or damaged"):
+        load_cifar("cifar10", cifar10_root)
+    meta = cifar10_root / "cifar-10-batches-py" / "batches.meta"
+    meta.write_bytes(meta.read_bytes()[:10])
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=r"batches.meta: not a readable pickle"):
+        make_cifar_benchmark("cifar10", cifar10_root, meta_size=10, as_dataset=False)
 
 
 def test_download_delegates_to_torchvision(tmp_path, monkeypatch):
@@ -496,6 +526,14 @@ def test_cifar_n_refuses_arbitrary_pickles(tmp_path):
         load_cifar_n(tmp_path / "evil.pt")
 
 
+def test_truncated_cifar_n_file_names_the_file(tmp_path):
+    write_cifar10n(tmp_path / "CIFAR-10_human.pt", np.arange(20) % 10)
+    data = (tmp_path / "CIFAR-10_human.pt").read_bytes()
+    (tmp_path / "CIFAR-10_human.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"CIFAR-10_human.pt: not a readable torch file, truncated or damaged"):
+        load_cifar_n(tmp_path)
+
+
 def test_cifar_n_legacy_format_and_old_numpy_module(tmp_path):
     d = {"clean_label": np.arange(10), "worse_label": np.arange(10)[::-1].copy()}
     buf = io.BytesIO()
@@ -706,3 +744,34 @@ def test_clothing1m_key_without_label(tmp_path):
     (tmp_path / "clean_val_key_list.txt").write_text(f"{ks[0]} 3\n")
     with pytest.raises(ValueError, match=r"clean_val_key_list.txt, line 1: expected one image"):
         Clothing1M(tmp_path, "clean_val")
+
+
+@pytest.mark.parametrize(
+    "key", ["../secret.png", "images/../../secret.png", "/etc/hostname", "images\\..\\x.jpg", "C:/x.jpg"]
+)
+@pytest.mark.parametrize("fname", ["noisy_label_kv.txt", "noisy_train_key_list.txt"])
+def test_clothing1m_keys_that_leave_the_root_are_refused(tmp_path, key, fname):
+    info = write_clothing1m(tmp_path / "root")
+    (tmp_path / "secret.png").write_bytes(b"not for you")
+    first = info["lists"]["noisy_train"][0]
+    if fname == "noisy_label_kv.txt":
+        content = f"{first} 3\n{key} 1\n"
+    else:
+        content = f"{first}\n{key}\n"
+        labels = (tmp_path / "root" / "noisy_label_kv.txt").read_text()
+        (tmp_path / "root" / "noisy_label_kv.txt").write_text(labels + "x.jpg 1\n")
+    (tmp_path / "root" / fname).write_text(content)
+    with pytest.raises(ValueError) as exc:
+        Clothing1M(tmp_path / "root", "noisy_train")
+    assert f"{fname}, line 2: image path {key!r} leaves the data root" in str(exc.value)
+
+
+@pytest.mark.parametrize("fname", ["clean_label_kv.txt", "clean_test_key_list.txt", "category_names_eng.txt"])
+def test_clothing1m_non_utf8_file_names_file_and_line(tmp_path, fname):
+    write_clothing1m(tmp_path)
+    path = tmp_path / fname
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = b"images/0/00/caf\xe9.jpg 1\n"  # latin-1, not UTF-8
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(ValueError, match=rf"{fname}, line 2: not UTF-8 text \(byte 0xe9 at column 16\)"):
+        Clothing1M(tmp_path, "clean_test")

@@ -5,10 +5,13 @@
 * CIFAR-10N / CIFAR-100N human noisy labels (:func:`load_cifar_n`).
 * Clothing1M (:class:`Clothing1M`).
 * :class:`ImageArrayDataset`, a picklable torch ``Dataset`` over uint8 image arrays.
+* :data:`NORMALIZATION`, the one table of per-channel statistics, and :func:`dataset_key`,
+  the one rule for spelling data-set names.
 
 Every dataset returns ``(x, y)`` pairs with an int ``y`` and exposes ``.targets``.
 """
 
+from ._catalog import NORMALIZATION, dataset_key, normalization
 from ._utils import ImageArrayDataset
 from .cifar import (
     CIFAR10_CLASSES,
@@ -46,6 +49,9 @@ __all__ = [
     "CLOTHING1M_STD",
     "Clothing1M",
     "ImageArrayDataset",
+    "NORMALIZATION",
+    "dataset_key",
+    "normalization",
     "cifar_test_transform",
     "cifar_train_transform",
     "clothing1m_eval_transform",

@@ -35,6 +35,10 @@ _NUMPY_DTYPE_CLASSES = sorted(
 )
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside the allow-list (the file is refused, not damaged)."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that only resolves the globals needed for numpy arrays and bytes.
 
@@ -53,17 +57,33 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return self._allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
+            raise _RefusedGlobal(
                 f"Refusing to load global {module}.{name}: only numpy arrays and plain "
                 "Python containers are allowed in this file."
             ) from None
 
 
 def safe_pickle_load(path: PathLike) -> Any:
-    """Load a pickle file with :class:`RestrictedUnpickler` (``encoding="latin1"``)."""
+    """Load a pickle file with :class:`RestrictedUnpickler` (``encoding="latin1"``).
+
+    Raises
+    ------
+    pickle.UnpicklingError
+        The file asks for code beyond numpy arrays and plain containers (named in the message).
+    ValueError
+        The file is truncated or damaged (named in the message).
+    """
     with open(path, "rb") as f:
         data = f.read()
-    return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except _RefusedGlobal as err:
+        raise pickle.UnpicklingError(f"{path}: {err}") from None
+    except Exception as err:  # any failure to parse the bytes means a damaged file
+        raise ValueError(
+            f"{path}: not a readable pickle file, truncated or damaged "
+            f"({type(err).__name__}: {err}; {len(data)} bytes)."
+        ) from err
 
 
 def torch_load_numpy(path: PathLike) -> Any:
@@ -77,7 +97,15 @@ def torch_load_numpy(path: PathLike) -> Any:
         if module.startswith("numpy.") and module.endswith("multiarray"):
             allowed.append((obj, f"{module}.{name}"))
     with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise  # a refused global: the caller names the file and what was refused
+        except (RuntimeError, EOFError, ValueError, OSError) as err:
+            raise ValueError(
+                f"{path}: not a readable torch file, truncated or damaged ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:300]})."
+            ) from err
 
 
 def decode_keys(d: dict) -> dict:

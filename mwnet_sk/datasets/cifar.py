@@ -20,6 +20,7 @@ from sklearn.utils import check_random_state
 from torchvision import transforms as T
 
 from ..noise import NOISE_TYPES, make_long_tailed, make_noisy_labels, meta_mask
+from ._catalog import NORMALIZATION, dataset_key
 from ._utils import ImageArrayDataset, decode_keys, safe_pickle_load, to_str
 
 __all__ = [
@@ -37,14 +38,13 @@ __all__ = [
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
-#: Channel means / stds used by the official Meta-Weight-Net code ((125.3, 123.0, 113.9) / 255
-#: and (63.0, 62.1, 66.7) / 255), i.e. the CIFAR-10 training-set statistics.
-CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
-CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+#: CIFAR-10 channel means and stds, as in the official Meta-Weight-Net code
+#: (``(125.3, 123.0, 113.9) / 255`` and ``(63.0, 62.1, 66.7) / 255``; see
+#: :data:`mwnet_sk.datasets.NORMALIZATION`).
+CIFAR10_MEAN, CIFAR10_STD = NORMALIZATION["cifar10"]
 #: CIFAR-100 training-set statistics. (The official MW-Net code normalises CIFAR-100 with
 #: the CIFAR-10 values; pass ``normalize="cifar10"`` to the transform helpers for that.)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+CIFAR100_MEAN, CIFAR100_STD = NORMALIZATION["cifar100"]
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -64,8 +64,6 @@ class _Spec:
     names_key: str
     n_classes: int
     torchvision_class: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 _SPECS = {
@@ -80,8 +78,6 @@ _SPECS = {
         names_key="label_names",
         n_classes=10,
         torchvision_class="CIFAR10",
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
     ),
     "cifar100": _Spec(
         title="CIFAR-100",
@@ -94,17 +90,12 @@ _SPECS = {
         names_key="fine_label_names",
         n_classes=100,
         torchvision_class="CIFAR100",
-        mean=CIFAR100_MEAN,
-        std=CIFAR100_STD,
     ),
 }
 
 
 def _spec(name: str) -> _Spec:
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key not in _SPECS:
-        raise ValueError(f"Unknown CIFAR data set {name!r}; expected 'cifar10' or 'cifar100'.")
-    return _SPECS[key]
+    return _SPECS[dataset_key(name, _SPECS, "CIFAR data set")]
 
 
 def _base_folder(spec: _Spec, root: str | os.PathLike) -> Path:
@@ -120,9 +111,9 @@ def _base_folder(spec: _Spec, root: str | os.PathLike) -> Path:
 
 def _missing(spec: _Spec, path: Path, root: Any) -> FileNotFoundError:
     return FileNotFoundError(
-        f"{spec.title} file not found: {path}. Download the python version "
-        f"({spec.archive}) from {CIFAR_URL} and extract it into {root} (giving "
-        f"{Path(root) / spec.folder}), or pass download=True."
+        f"{spec.title} file not found: {path}. Expected the python version of {spec.title} "
+        f"({spec.archive} from {CIFAR_URL}) extracted into {root}, giving "
+        f"{Path(root) / spec.folder}."
     )
 
 
@@ -135,7 +126,7 @@ def _download(spec: _Spec, root: Any) -> None:
     cls(root=str(Path(root).expanduser()), train=True, download=True)
 
 
-def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_batch(path: Path, label_key: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     entry = safe_pickle_load(path)
     if not isinstance(entry, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(entry).__name__}.")
@@ -147,7 +138,10 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
                 "is this an official CIFAR python batch?"
             )
     data = np.asarray(entry["data"])
-    labels = np.asarray(entry[label_key], dtype=np.int64)
+    try:
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"{path}: the labels under {label_key!r} are not integers ({err}).") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(
             f"{path}: 'data' must be a uint8 array of shape (N, 3072), "
@@ -155,7 +149,14 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if labels.shape != (data.shape[0],):
         raise ValueError(
-            f"{path}: {data.shape[0]} images but {labels.shape[0]} labels under {label_key!r}."
+            f"{path}: {data.shape[0]} images but {labels.size} labels under {label_key!r}."
+        )
+    outside = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if outside.size:
+        first = int(outside[0])
+        raise ValueError(
+            f"{path}: {outside.size} labels under {label_key!r} are outside [0, {n_classes - 1}] "
+            f"(the first: {int(labels[first])} for image {first})."
         )
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
@@ -212,7 +213,7 @@ def load_cifar(
     for f in files:
         if not (base / f).is_file():
             raise _missing(spec, base / f, root)
-    parts = [_read_batch(base / f, spec.label_key) for f in files]
+    parts = [_read_batch(base / f, spec.label_key, spec.n_classes) for f in files]
     X = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     y = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
     return X, y
@@ -222,15 +223,17 @@ def _class_names(spec: _Spec, root: Any) -> list[str] | None:
     """Class names from the meta file; CIFAR-10's are built in when it is absent."""
     path = _base_folder(spec, root) / spec.meta_file
     if path.is_file():
-        meta = decode_keys(safe_pickle_load(path))
+        meta = safe_pickle_load(path)
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path}: expected a pickled dict, got {type(meta).__name__}.")
+        meta = decode_keys(meta)
         if spec.names_key in meta:
             return [to_str(n) for n in meta[spec.names_key]]
     return list(CIFAR10_CLASSES) if spec.n_classes == 10 else None
 
 
 def _stats(name: str) -> tuple[tuple, tuple]:
-    spec = _spec(name)
-    return spec.mean, spec.std
+    return NORMALIZATION[dataset_key(name, _SPECS, "CIFAR data set")]
 
 
 def cifar_train_transform(
@@ -449,7 +452,7 @@ def make_cifar_benchmark(
     >>> loader = DataLoader(bench.train, batch_size=100, shuffle=True)  # doctest: +SKIP
     """
     spec = _spec(name)
-    dataset_key = "cifar10" if spec.n_classes == 10 else "cifar100"
+    key = "cifar10" if spec.n_classes == 10 else "cifar100"
     matrix = None
     if isinstance(corruption, str) and corruption.lower() in ("none", "clean"):
         corruption = None
@@ -506,11 +509,11 @@ def make_cifar_benchmark(
     elif corruption == "human":
         from .cifar_n import DEFAULT_LABEL_KEY, load_cifar_n
 
-        label_key = label_key or DEFAULT_LABEL_KEY[dataset_key]
+        label_key = label_key or DEFAULT_LABEL_KEY[key]
         if cifar_n_path is None:
             raise ValueError("corruption='human' needs cifar_n_path (the CIFAR-N .pt file).")
         noisy_all, clean_all = load_cifar_n(
-            cifar_n_path, name=dataset_key, label_key=label_key, return_clean=True
+            cifar_n_path, name=key, label_key=label_key, return_clean=True
         )
         if noisy_all.shape[0] != y_all.shape[0]:
             raise ValueError(
@@ -536,7 +539,7 @@ def make_cifar_benchmark(
     X_meta, y_meta = X_all[meta_idx], y_all[meta_idx]
 
     bench = CIFARBenchmark(
-        name=dataset_key,
+        name=key,
         corruption=corruption,
         X_train=X_train,
         y_train=y_train,
@@ -557,8 +560,8 @@ def make_cifar_benchmark(
     if corruption == "human":
         bench.extra["label_key"] = label_key
     if as_dataset:
-        test_tf = cifar_test_transform(dataset_key)
-        train_tf = cifar_train_transform(dataset_key) if augment else test_tf
+        test_tf = cifar_test_transform(key)
+        train_tf = cifar_train_transform(key) if augment else test_tf
         bench.train = ImageArrayDataset(X_train, y_train, transform=train_tf, classes=classes)
         bench.meta = ImageArrayDataset(X_meta, y_meta, transform=train_tf, classes=classes)
         bench.test = ImageArrayDataset(X_test, y_test, transform=test_tf, classes=classes)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._catalog import dataset_key
 from ._utils import decode_keys, torch_load_numpy
 
 __all__ = ["CIFAR10N_KEYS", "CIFAR100N_KEYS", "DEFAULT_LABEL_KEY", "load_cifar_n"]
@@ -38,8 +39,8 @@ DEFAULT_LABEL_KEY = {"cifar10": "worse_label", "cifar100": "noisy_label"}
 
 
 def _dataset_key(name: str) -> str:
-    key = str(name).lower().replace("-", "").replace("_", "")
-    key = key[:-1] if key.endswith("n") else key  # "cifar10n" -> "cifar10"
+    key = dataset_key(name)
+    key = key[:-1] if key in ("cifar10n", "cifar100n") else key  # "CIFAR-10N" -> "cifar10"
     if key not in CIFAR_N_FILES:
         raise ValueError(f"Unknown CIFAR-N data set {name!r}; expected 'cifar10' or 'cifar100'.")
     return key

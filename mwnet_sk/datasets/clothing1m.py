@@ -10,6 +10,8 @@ released) or in copies where the ``images/`` level was stripped or the folder fl
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +20,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
+
+from ._catalog import NORMALIZATION
 
 __all__ = [
     "CLOTHING1M_CLASSES",
@@ -29,8 +33,8 @@ __all__ = [
     "clothing1m_train_transform",
 ]
 
-CLOTHING1M_MEAN = (0.6959, 0.6537, 0.6371)
-CLOTHING1M_STD = (0.3113, 0.3192, 0.3214)
+#: Clothing1M channel statistics (see :data:`mwnet_sk.datasets.NORMALIZATION`).
+CLOTHING1M_MEAN, CLOTHING1M_STD = NORMALIZATION["clothing1m"]
 N_CLASSES = 14
 
 #: Class names in label order (used when ``category_names_eng.txt`` is absent).
@@ -111,39 +115,59 @@ def _require(root: Path, fname: str) -> Path:
     return path
 
 
-def _normalize_key(key: str) -> str:
-    """Key without a leading ``./`` or ``images/`` (how labels and lists are matched)."""
-    key = key.replace("\\", "/")
-    while key.startswith("./"):
-        key = key[2:]
-    if key.startswith("images/"):
-        key = key[len("images/") :]
-    return key
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 text file; an undecodable line is named."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}, line {lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at "
+                    f"column {err.start + 1})."
+                ) from None
+
+
+def _normalize_key(key: str, path: Path, lineno: int) -> str:
+    """Key without a leading ``./`` or ``images/`` (how labels and lists are matched).
+
+    A key must name a file below the data root: absolute paths, drive letters and ``..``
+    components are refused, naming the file and line they came from.
+    """
+    posix = key.replace("\\", "/")
+    if posix.startswith("/") or _DRIVE.match(posix) or ".." in posix.split("/"):
+        raise ValueError(
+            f"{path}, line {lineno}: image path {key!r} leaves the data root; keys must be "
+            "relative paths without '..'."
+        )
+    while posix.startswith("./"):
+        posix = posix[2:]
+    if posix.startswith("images/"):
+        posix = posix[len("images/") :]
+    return posix
 
 
 def _read_label_file(path: Path) -> dict[str, int]:
     labels: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise ValueError(
-                    f"{path}, line {lineno}: expected '<image path> <label>', got {line.strip()!r}."
-                )
-            key, label_str = parts
-            try:
-                label = int(label_str)
-            except ValueError:
-                raise ValueError(
-                    f"{path}, line {lineno}: label {label_str!r} is not an integer."
-                ) from None
-            if not 0 <= label < N_CLASSES:
-                raise ValueError(
-                    f"{path}, line {lineno}: label {label} is outside [0, {N_CLASSES - 1}]."
-                )
-            labels[_normalize_key(key)] = label
+    for lineno, line in _lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise ValueError(
+                f"{path}, line {lineno}: expected '<image path> <label>', got {line.strip()!r}."
+            )
+        key, label_str = parts
+        try:
+            label = int(label_str)
+        except ValueError:
+            raise ValueError(f"{path}, line {lineno}: label {label_str!r} is not an integer.") from None
+        if not 0 <= label < N_CLASSES:
+            raise ValueError(f"{path}, line {lineno}: label {label} is outside [0, {N_CLASSES - 1}].")
+        labels[_normalize_key(key, path, lineno)] = label
     return labels
 
 
@@ -152,24 +176,22 @@ def _read_key_list(
 ) -> tuple[list[str], np.ndarray]:
     keys: list[str] = []
     targets: list[int] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 1:
-                raise ValueError(
-                    f"{path}, line {lineno}: expected one image path per line, "
-                    f"got {line.strip()!r}."
-                )
-            key = _normalize_key(parts[0])
-            label = labels.get(key)
-            if label is None:
-                raise ValueError(
-                    f"{path}, line {lineno}: image {parts[0]!r} has no label in {label_file.name}."
-                )
-            keys.append(key)
-            targets.append(label)
+    for lineno, line in _lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 1:
+            raise ValueError(
+                f"{path}, line {lineno}: expected one image path per line, got {line.strip()!r}."
+            )
+        key = _normalize_key(parts[0], path, lineno)
+        label = labels.get(key)
+        if label is None:
+            raise ValueError(
+                f"{path}, line {lineno}: image {parts[0]!r} has no label in {label_file.name}."
+            )
+        keys.append(key)
+        targets.append(label)
     return keys, np.asarray(targets, dtype=np.int64)
 
 
@@ -177,8 +199,7 @@ def _read_class_names(root: Path) -> list[str]:
     path = root / _CATEGORY_FILE
     if not path.is_file():
         return list(CLOTHING1M_CLASSES)
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
+    names = [line.strip() for _, line in _lines(path) if line.strip()]
     if len(names) != N_CLASSES:
         raise ValueError(f"{path}: expected {N_CLASSES} class names, found {len(names)}.")
     return names
@@ -230,7 +251,8 @@ class Clothing1M(torch.utils.data.Dataset):
     FileNotFoundError
         Missing annotation file (named), or, when an item is read, an image found nowhere.
     ValueError
-        Malformed line (file name and line number) or a listed key without a label.
+        Malformed or non-UTF-8 line, an image path that leaves the data root (absolute, or
+        with ``..``), or a listed key without a label; the message names the file and line.
 
     Examples
     --------
