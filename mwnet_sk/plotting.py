@@ -227,6 +227,7 @@ def plot_weight_variation(
     *,
     label: str | None = None,
     color: str | None = None,
+    lr_drops: Any = None,
 ):
     """Weight changes between adjacent epochs of chosen samples: mean ± std (Fig. 6).
 
@@ -246,6 +247,11 @@ def plot_weight_variation(
         Legend label of the mean curve.
     color : str or None
         Colour of the curve and band.
+    lr_drops : sequence of int or None
+        Epochs after which the learning rate was lowered, e.g. the ``milestones`` of a
+        ``MultiStepLR`` schedule (with ``milestones=[48]`` epochs 49 onwards use the lower
+        rate). Each is marked by a dashed vertical line between that epoch and the next:
+        the weight net usually takes its final shape right after a drop.
 
     Returns
     -------
@@ -278,6 +284,10 @@ def plot_weight_variation(
     ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.25, linewidth=0,
                     label="± std")  # fmt: skip
     ax.axhline(0.0, color="0.5", linewidth=0.8)
+    drops = sorted({int(e) for e in (lr_drops if lr_drops is not None else ())})
+    for i, epoch in enumerate(drops):
+        ax.axvline(epoch + 0.5, color="0.3", linestyle="--", linewidth=1,
+                   label="learning rate lowered" if i == 0 else None)  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel("weight change from the previous epoch")
     ax.legend()

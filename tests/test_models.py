@@ -300,3 +300,11 @@ def test_registry_names_and_build():
 def test_registry_unknown_name():
     with pytest.raises(ValueError, match="unknown model 'resnet18'.*resnet32.*wrn28_10.*mlp"):
         get_model("resnet18")
+
+
+def test_model_key_is_the_one_spelling_rule():
+    from mwnet_sk.models import model_key
+
+    assert model_key("WRN28-10") == "wrn28_10" and model_key("Small-CNN") == "small_cnn"
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        model_key("vgg")

@@ -143,6 +143,17 @@ def test_weight_variation_by_hand():
         plot_weight_variation(history, [])
 
 
+def test_weight_variation_marks_the_learning_rate_drops():
+    history = np.linspace(0, 1, 12).reshape(6, 2)
+    ax = plot_weight_variation(history, [0, 1], lr_drops=[4, 2])
+    drops = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert sorted(line.get_xdata()[0] for line in drops) == [2.5, 4.5]  # between epoch m and m + 1
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels.count("learning rate lowered") == 1
+    plain = plot_weight_variation(history, [0, 1])
+    assert not [line for line in plain.lines if line.get_linestyle() == "--"]
+
+
 def test_unfitted_estimator_is_reported():
     clf = MetaWeightClassifier(torch.nn.Linear(2, 2), record_weights=True).initialize()
     with pytest.raises(ValueError, match="fit it first"):

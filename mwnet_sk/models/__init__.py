@@ -39,6 +39,7 @@ __all__ = [
     "WideResNet",
     "get_model",
     "load_resnet50_state_dict",
+    "model_key",
     "resnet20",
     "resnet32",
     "resnet44",
@@ -62,6 +63,25 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 
 #: Names accepted by :func:`get_model`.
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def model_key(name: str) -> str:
+    """The registry spelling of a model name: lower case, ``-`` read as ``_``.
+
+    Raises
+    ------
+    ValueError
+        If the name is not a known model (the message lists the known names).
+
+    Examples
+    --------
+    >>> model_key("WRN28-10")
+    'wrn28_10'
+    """
+    key = name.lower().replace("-", "_") if isinstance(name, str) else name
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+    return key
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
@@ -93,7 +113,4 @@ def get_model(name: str, **kwargs) -> nn.Module:
     >>> model.fc.out_features
     100
     """
-    key = name.lower().replace("-", "_") if isinstance(name, str) else name
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
-    return _REGISTRY[key](**kwargs)
+    return _REGISTRY[model_key(name)](**kwargs)
