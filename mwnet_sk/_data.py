@@ -9,7 +9,7 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
 __all__ = [
@@ -143,12 +143,17 @@ class ArrayDataset(Dataset):
 
 
 class IndexedDataset(Dataset):
-    """Wraps a user Dataset of (x, y): yields ({"x": x, "sample_index": row}, encoded y)."""
+    """Wraps a user Dataset of (x, y): yields ({"x": x, "sample_index": offset + row}, encoded y).
 
-    def __init__(self, dataset, rows=None, label_map: dict | None = None):
+    ``offset`` numbers the rows of a second data set after the first one's (a meta Dataset
+    trained on beside X: its row i is sample ``len(X) + i``).
+    """
+
+    def __init__(self, dataset, rows=None, label_map: dict | None = None, offset: int = 0):
         self.dataset = dataset
         self.rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
         self.label_map = label_map
+        self.offset = int(offset)
 
     def __len__(self):
         return len(self.rows)
@@ -160,7 +165,7 @@ class IndexedDataset(Dataset):
             y = y.item()
         if self.label_map is not None:
             y = self.label_map[y]
-        return {INPUT_KEY: x, INDEX_KEY: row}, y
+        return {INPUT_KEY: x, INDEX_KEY: self.offset + row}, y
 
 
 def _resolve_rows(dataset):
@@ -298,9 +303,16 @@ class FitData:
     train: Dataset
     y_train: np.ndarray  # encoded labels of the training rows (for stratified splits)
     meta: Dataset
-    n_rows: int
+    n_rows: int  # rows of X
     classes: np.ndarray
     sample_shape: tuple | None = None  # per-sample shape of array inputs (None for Datasets)
+    # Sample indices the training batches can carry: n_rows, plus the meta set's size when a
+    # separate meta set (pair or Dataset) is trained on too (its rows numbered after X's).
+    n_samples: int | None = None
+
+    def __post_init__(self):
+        if self.n_samples is None:
+            self.n_samples = self.n_rows
 
 
 def _is_meta_pair(meta) -> bool:
@@ -348,11 +360,12 @@ def _meta_rows(meta, n_rows: int) -> np.ndarray:
     return arr
 
 
-def prepare_fit_data(X, y, meta, classes=None) -> FitData:
+def prepare_fit_data(X, y, meta, classes=None, train_on_meta=False) -> FitData:
     """Validate (X, y, meta), encode labels and build the train and meta datasets.
 
     ``classes`` fixes the label set (``partial_fit`` after a first fit); otherwise the classes
-    are those present in y.
+    are those present in y. ``train_on_meta`` keeps the meta rows in the training set too (a
+    mask's rows stay; a separate meta set's rows are appended, numbered after X's rows).
     """
     x_is_dataset = isinstance(X, Dataset) and not isinstance(X, torch.Tensor)
     if x_is_dataset:
@@ -395,11 +408,13 @@ def prepare_fit_data(X, y, meta, classes=None) -> FitData:
         if len(meta_rows) == n_rows:
             raise ValueError("the meta mask selects every row of X: nothing is left to train on")
     train_rows = (
-        np.arange(n_rows) if meta_rows is None else np.setdiff1d(np.arange(n_rows), meta_rows)
+        np.arange(n_rows)
+        if meta_rows is None or train_on_meta
+        else np.setdiff1d(np.arange(n_rows), meta_rows)
     )
 
     if classes is None:
-        classes = np.unique(labels[train_rows])
+        classes = np.unique(labels[train_rows if meta_rows is None else np.setdiff1d(np.arange(n_rows), meta_rows)])
     classes = np.asarray(classes)
     if len(classes) < 2:
         raise ValueError(
@@ -415,6 +430,8 @@ def prepare_fit_data(X, y, meta, classes=None) -> FitData:
         y_t = torch.from_numpy(codes)
         train = ArrayDataset(X_t, y_t, rows=train_rows)
 
+    y_train = codes[train_rows]
+    n_samples = n_rows
     if meta_kind == "rows":
         meta_ds = (
             ArrayDataset(train.X, train.y, rows=meta_rows)
@@ -436,7 +453,20 @@ def prepare_fit_data(X, y, meta, classes=None) -> FitData:
             raise ValueError(
                 f"meta features have shape {tuple(Xm.shape[1:])} per sample but X has {sample_shape}"
             )
-        meta_ds = ArrayDataset(Xm, torch.from_numpy(_encode(ym, classes, "y_meta")))
+        meta_codes = _encode(ym, classes, "y_meta")
+        meta_ds = ArrayDataset(Xm, torch.from_numpy(meta_codes))
+        if train_on_meta:
+            n_samples = n_rows + len(Xm)
+            y_train = np.concatenate([y_train, meta_codes])
+            if isinstance(train, ArrayDataset) and Xm.dtype == train.X.dtype:
+                # one tensor holds both, so batches stay tensor-indexed
+                X_all = torch.cat([train.X, Xm])
+                y_all = torch.cat([train.y, meta_ds.y])
+                all_rows = np.concatenate([train_rows, np.arange(n_rows, n_samples)])
+                train = ArrayDataset(X_all, y_all, rows=all_rows)
+                meta_ds = ArrayDataset(X_all, y_all, rows=np.arange(n_rows, n_samples))
+            else:
+                train = ConcatDataset([train, _Shifted(meta_ds, n_rows)])
     else:
         if len(meta) == 0:
             raise ValueError("the meta Dataset is empty")
@@ -445,15 +475,37 @@ def prepare_fit_data(X, y, meta, classes=None) -> FitData:
         identity = np.array_equal(classes, np.arange(len(classes)))
         label_map = None if identity else {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
         meta_ds = IndexedDataset(meta, label_map=label_map)
+        if train_on_meta:
+            n_samples = n_rows + len(meta)
+            y_train = np.concatenate([y_train, _encode(meta_labels, classes, "the meta set")])
+            # items of both parts must collate together: plain int labels on both sides
+            first = _Shifted(train, 0) if isinstance(train, ArrayDataset) else train
+            train = ConcatDataset([first, IndexedDataset(meta, label_map=label_map, offset=n_rows)])
 
     return FitData(
         train=train,
-        y_train=codes[train_rows],
+        y_train=y_train,
         meta=meta_ds,
         n_rows=n_rows,
         classes=classes,
         sample_shape=None if X_t is None else tuple(X_t.shape[1:]),
+        n_samples=n_samples,
     )
+
+
+class _Shifted(Dataset):
+    """An :class:`ArrayDataset` whose items report sample indices shifted by ``offset``
+    (meta rows trained on beside a Dataset X: they are numbered after X's rows)."""
+
+    def __init__(self, dataset: ArrayDataset, offset: int):
+        self.dataset, self.offset = dataset, int(offset)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return {**x, INDEX_KEY: x[INDEX_KEY] + self.offset}, int(y)
 
 
 def _item_shape(dataset):

@@ -1,18 +1,219 @@
-"""skorch callbacks for Meta-Weight-Net runs: checkpoints that resume exactly."""
+"""skorch callbacks for Meta-Weight-Net runs: checkpoints that resume exactly, a monitor
+that says when the weighting function collapses, and meta-set scoring with best-epoch keeping."""
 
 from __future__ import annotations
 
+import copy
 import os
+import warnings
 from contextlib import suppress
 
 import numpy as np
 import torch
+from skorch.callbacks import Callback
 from skorch.callbacks import Checkpoint as _SkorchCheckpoint
 from skorch.callbacks import LoadInitState as _SkorchLoadInitState
 from skorch.callbacks import PassthroughScoring
 from skorch.utils import noop
 
-__all__ = ["Checkpoint", "LoadInitState", "FinitePassthroughScoring"]
+from .core.weight_net import FLAT_SPREAD, weight_profile
+
+__all__ = [
+    "Checkpoint",
+    "LoadInitState",
+    "FinitePassthroughScoring",
+    "WeightMonitor",
+    "WeightCollapseWarning",
+    "MetaScoring",
+]
+
+
+class WeightCollapseWarning(UserWarning):
+    """The weighting function stopped weighting (near constant), or the meta loss stalled."""
+
+
+class WeightMonitor(Callback):
+    """Watch the learned weighting function and the meta loss; say so when either stops working.
+
+    After every epoch it evaluates the weight net over the losses seen in that epoch (their
+    5th to 95th percentiles) and records in ``history``:
+
+    * ``weight_fn_spread``: ``(max - min) / max`` of the weights over those losses (0: constant);
+    * ``weight_fn_trend``: ``"decreasing"``, ``"increasing"``, ``"flat"`` or ``"non-monotonic"``;
+    * ``weight_collapsed``: True once the function has been flat for ``patience`` epochs in a
+      row. A flat function gives every sample the same weight, so Meta-Weight-Net then trains
+      exactly like plain training (with a rescaled learning rate);
+    * ``meta_stalled``: True once the epoch's meta loss has not improved on its best for
+      ``meta_patience`` epochs.
+
+    Each condition raises one :class:`WeightCollapseWarning` per fit that says what to try.
+    :class:`~mwnet_sk.MetaWeightClassifier` includes this callback by default as
+    ``"weight_monitor"``: tune it with ``callbacks__weight_monitor__patience=5``, or switch it
+    off with ``callbacks__weight_monitor=None``.
+
+    Parameters
+    ----------
+    flat_spread : float, default=0.1
+        Spread below which the function counts as flat.
+    patience : int, default=3
+        Consecutive flat epochs before ``weight_collapsed`` is set and the warning raised.
+    meta_patience : int or None, default=10
+        Epochs without a new best meta loss before ``meta_stalled`` is set; None never checks.
+    warn : bool, default=True
+        Raise the warnings (the history is recorded either way).
+    """
+
+    def __init__(self, flat_spread=FLAT_SPREAD, patience=3, meta_patience=10, warn=True):
+        self.flat_spread = flat_spread
+        self.patience = patience
+        self.meta_patience = meta_patience
+        self.warn = warn
+
+    def initialize(self):
+        self.flat_epochs_ = 0
+        self.best_meta_loss_ = np.inf
+        self.best_meta_epoch_ = 0
+        self.warned_ = set()
+        return self
+
+    def state_dict(self):
+        """What a resumed run needs to continue counting (see :class:`Checkpoint`)."""
+        return {"flat_epochs": self.flat_epochs_, "best_meta_loss": float(self.best_meta_loss_),
+                "best_meta_epoch": self.best_meta_epoch_, "warned": sorted(self.warned_)}
+
+    def load_state_dict(self, state):
+        self.flat_epochs_ = int(state["flat_epochs"])
+        self.best_meta_loss_ = float(state["best_meta_loss"])
+        self.best_meta_epoch_ = int(state["best_meta_epoch"])
+        self.warned_ = set(state["warned"])
+
+    def _warn(self, kind, message):
+        if self.warn and kind not in self.warned_:
+            warnings.warn(message, WeightCollapseWarning, stacklevel=2)
+        self.warned_.add(kind)
+
+    def on_epoch_end(self, net, **kwargs):
+        history = net.history
+        epoch = len(history)
+        loss_range = net._observed_loss_range() if hasattr(net, "_observed_loss_range") else None
+        if loss_range is not None:
+            profile = weight_profile(net._weight_function_live, *loss_range)
+            history.record("weight_fn_spread", profile.spread)
+            history.record("weight_fn_trend", profile.trend)
+            self.flat_epochs_ = self.flat_epochs_ + 1 if profile.spread < self.flat_spread else 0
+            collapsed = self.flat_epochs_ >= self.patience
+            history.record("weight_collapsed", collapsed)
+            if collapsed:
+                self._warn("collapse", (
+                    f"the learned weighting function has been nearly constant for {self.flat_epochs_} "
+                    f"epochs ({profile}), so every sample gets the same weight and Meta-Weight-Net "
+                    "trains like plain training. Try normalize_weights=True (the default), another "
+                    "meta_lr (e.g. 10x larger or smaller), and check that the meta set is clean and "
+                    "class-balanced; history['weight_fn_spread'] shows the spread per epoch."
+                ))
+        meta_loss = history[-1].get("meta_loss")
+        if self.meta_patience is not None and meta_loss is not None and np.isfinite(meta_loss):
+            if meta_loss < self.best_meta_loss_:
+                self.best_meta_loss_, self.best_meta_epoch_ = float(meta_loss), epoch
+            stalled = epoch - self.best_meta_epoch_ >= self.meta_patience
+            history.record("meta_stalled", stalled)
+            if stalled:
+                self._warn("stall", (
+                    f"the meta loss has not improved for {epoch - self.best_meta_epoch_} epochs (best "
+                    f"{self.best_meta_loss_:.4g} at epoch {self.best_meta_epoch_}): the classifier "
+                    "may be fitting the noise. Keep the best epoch with "
+                    "callbacks=[mwnet_sk.callbacks.MetaScoring()], train fewer epochs, or lower the "
+                    "learning rate earlier."
+                ))
+
+
+class MetaScoring(Callback):
+    """Score the model on a clean set after every epoch and, optionally, keep the best epoch.
+
+    The clean set is the meta set a :class:`~mwnet_sk.MetaWeightClassifier` fits with (when
+    ``X_meta`` is None) or any ``(X_meta, y_meta)`` you pass, so the same callback gives a plain
+    skorch ``NeuralNetClassifier`` the "select the epoch on the clean rows" baseline. The score
+    is recorded in ``history`` under ``name`` (and ``name + "_best"``); with ``keep_best`` the
+    classifier's parameters (``module_``) of the best epoch are restored when training ends.
+
+    A meta set the classifier also trains on (``train_on_meta=True``) scores optimistically:
+    select on it only when it is held out of training.
+
+    Parameters
+    ----------
+    X_meta, y_meta : array-like or None, default=None
+        The clean set, labels in the user's label space. None: the estimator's own meta set
+        (only with :class:`~mwnet_sk.MetaWeightClassifier`).
+    scoring : str or callable, default="accuracy"
+        A scikit-learn scorer name or ``scorer(net, X, y)``; with the estimator's own meta set
+        only ``"accuracy"`` and ``"neg_log_loss"`` are available.
+    lower_is_better : bool, default=False
+        Direction of the score.
+    keep_best : bool, default=True
+        Restore the best epoch's classifier parameters at the end of training.
+    name : str, default="meta_score"
+        History key.
+
+    Examples
+    --------
+    >>> from skorch import NeuralNetClassifier
+    >>> from mwnet_sk.callbacks import MetaScoring
+    >>> scoring = MetaScoring(X_meta=[[0.0, 1.0]], y_meta=[1])  # with any skorch classifier
+    """
+
+    def __init__(self, X_meta=None, y_meta=None, scoring="accuracy", lower_is_better=False,
+                 keep_best=True, name="meta_score"):
+        self.X_meta = X_meta
+        self.y_meta = y_meta
+        self.scoring = scoring
+        self.lower_is_better = lower_is_better
+        self.keep_best = keep_best
+        self.name = name
+
+    def initialize(self):
+        if (self.X_meta is None) != (self.y_meta is None):
+            raise ValueError("MetaScoring needs both X_meta and y_meta, or neither (the estimator's meta set)")
+        self.best_score_ = None
+        self.best_epoch_ = None
+        self.best_state_ = None
+        return self
+
+    def _score(self, net):
+        if self.X_meta is not None:
+            from sklearn.metrics import check_scoring
+
+            return float(check_scoring(net, scoring=self.scoring)(net, self.X_meta, self.y_meta))
+        if not hasattr(net, "_meta_set_score"):
+            raise TypeError(
+                f"{type(net).__name__} has no meta set of its own: pass MetaScoring(X_meta=..., y_meta=...)"
+            )
+        return float(net._meta_set_score(self.scoring))
+
+    def _better(self, score):
+        if self.best_score_ is None:
+            return True
+        return score < self.best_score_ if self.lower_is_better else score > self.best_score_
+
+    def on_epoch_end(self, net, **kwargs):
+        score = self._score(net)
+        best = self._better(score)
+        if best:
+            self.best_score_, self.best_epoch_ = score, len(net.history)
+            if self.keep_best:
+                self.best_state_ = {k: v.detach().to("cpu", copy=True) for k, v in net.module_.state_dict().items()}
+        net.history.record(self.name, score)
+        net.history.record(self.name + "_best", bool(best))
+
+    def on_train_end(self, net, **kwargs):
+        if self.keep_best and self.best_state_ is not None:
+            net.module_.load_state_dict(self.best_state_)
+
+    def state_dict(self):
+        return {"best_score": self.best_score_, "best_epoch": self.best_epoch_, "best_state": self.best_state_}
+
+    def load_state_dict(self, state):
+        self.best_score_, self.best_epoch_ = state["best_score"], state["best_epoch"]
+        self.best_state_ = state["best_state"]
 
 
 class Checkpoint(_SkorchCheckpoint):

@@ -27,7 +27,7 @@ from ._data import (
     prepare_fit_data,
 )
 from .core.bilevel import META_GRADIENTS, PRECISIONS, BilevelStep, NonFiniteError
-from .callbacks import FinitePassthroughScoring, LoadInitState
+from .callbacks import FinitePassthroughScoring, LoadInitState, WeightMonitor
 from .core.weight_net import WeightFunction, WeightNet
 
 __all__ = ["MetaWeightClassifier", "TrainingDivergedError"]
@@ -95,6 +95,10 @@ class MetaWeightClassifier(NeuralNetClassifier):
         meta-gradient to the last layer (a FaMUS-like approximation); "all" is the paper.
     normalize_weights : bool, default=False
         Divide the weighted loss by the sum of the weights instead of the batch size.
+    train_on_meta : bool, default=False
+        Also train on the meta rows (weighted by the weight net like every training row):
+        a mask's rows stay in the training set, a separate meta set's rows are appended to it.
+        False is the paper (the meta set is held out of training).
     detach_weight_input : bool, default=True
         Feed the weight net the detached loss in the virtual step (Eq. 3 as written, and the
         authors' noisy-label scripts). False lets the virtual step's gradient flow through the
@@ -203,6 +207,7 @@ class MetaWeightClassifier(NeuralNetClassifier):
         meta_params="all",
         normalize_weights=False,
         detach_weight_input=True,
+        train_on_meta=False,
         fast_jvp=True,
         random_state=None,
         nan_policy="raise",
@@ -222,6 +227,7 @@ class MetaWeightClassifier(NeuralNetClassifier):
         self.meta_params = meta_params
         self.normalize_weights = normalize_weights
         self.detach_weight_input = detach_weight_input
+        self.train_on_meta = train_on_meta
         self.fast_jvp = fast_jvp
         self.random_state = random_state
         self.nan_policy = nan_policy
@@ -242,7 +248,8 @@ class MetaWeightClassifier(NeuralNetClassifier):
             ("train_loss", FinitePassthroughScoring(name="train_loss", on_train=True)),
             ("valid_loss", PassthroughScoring(name="valid_loss")),
             ("valid_acc", EpochScoring(_encoded_accuracy, name="valid_acc", lower_is_better=False)),
-            ("print_log", PrintLog()),
+            ("weight_monitor", WeightMonitor()),
+            ("print_log", PrintLog(keys_ignored=["weight_collapsed", "meta_stalled", "meta_score_best"])),
         ]
 
     def get_params(self, deep=True, **kwargs):
@@ -291,7 +298,8 @@ class MetaWeightClassifier(NeuralNetClassifier):
         self.n_steps_ = 0
         # A fresh fit forgets where the previous one stopped.
         for name in ("train_generator_state_", "meta_sampler_state_", "sample_weights_", "sample_losses_",
-                     "resume_from_epoch_", "sample_weights_history_", "input_shape_", "n_features_in_"):
+                     "resume_from_epoch_", "sample_weights_history_", "input_shape_", "n_features_in_",
+                     "meta_sample_weights_", "meta_sample_losses_", "n_rows_"):
             vars(self).pop(name, None)
         super().initialize()
         return self
@@ -473,7 +481,7 @@ class MetaWeightClassifier(NeuralNetClassifier):
             known = self.classes_inferred_
         if self.classes is not None:
             known = np.asarray(self.classes)
-        data = prepare_fit_data(X, y, meta, classes=known)
+        data = prepare_fit_data(X, y, meta, classes=known, train_on_meta=self.train_on_meta)
         if not fresh:
             check_sample_shape(data.sample_shape, getattr(self, "input_shape_", None), type(self).__name__)
         return data
@@ -513,15 +521,18 @@ class MetaWeightClassifier(NeuralNetClassifier):
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "train_generator": self.train_generator_.get_state() if live else self.train_generator_state_,
             "meta_sampler": self.meta_sampler_.state_dict() if live else self.meta_sampler_state_,
-            "sample_weights": (self.sample_weight_buffer_.cpu() if live
-                               else torch.as_tensor(self.sample_weights_, dtype=torch.float32)),
-            "sample_losses": (self.sample_loss_buffer_.cpu() if live
-                              else torch.as_tensor(self.sample_losses_, dtype=torch.float32)),
+            "sample_weights": self.sample_weight_buffer_.cpu() if live else self._all_samples("weights"),
+            "sample_losses": self.sample_loss_buffer_.cpu() if live else self._all_samples("losses"),
         }
         history = getattr(self, "sample_weights_history_", None)
         if history is not None:
             state["sample_weights_history"] = torch.from_numpy(np.ascontiguousarray(history))
         return state
+
+    def _all_samples(self, kind):
+        """X's rows and, when trained on beside them, the meta rows: one float32 tensor."""
+        parts = [getattr(self, f"sample_{kind}_"), getattr(self, f"meta_sample_{kind}_", np.empty(0))]
+        return torch.as_tensor(np.concatenate(parts), dtype=torch.float32)
 
     def load_training_state_dict(self, state: dict):
         """Restore :meth:`training_state_dict` output (during training, into the live run)."""
@@ -544,8 +555,12 @@ class MetaWeightClassifier(NeuralNetClassifier):
         else:
             self.train_generator_state_ = state["train_generator"]
             self.meta_sampler_state_ = state["meta_sampler"]
-            self.sample_weights_ = state["sample_weights"].numpy().astype(np.float64)
-            self.sample_losses_ = state["sample_losses"].numpy().astype(np.float64)
+            weights = state["sample_weights"].numpy().astype(np.float64)
+            losses = state["sample_losses"].numpy().astype(np.float64)
+            n_rows = getattr(self, "n_rows_", len(weights))
+            self.sample_weights_, self.sample_losses_ = weights[:n_rows], losses[:n_rows]
+            if len(weights) > n_rows:
+                self.meta_sample_weights_, self.meta_sample_losses_ = weights[n_rows:], losses[n_rows:]
         if "sample_weights_history" in state:
             self.sample_weights_history_ = state["sample_weights_history"].numpy()
         return self
@@ -587,23 +602,82 @@ class MetaWeightClassifier(NeuralNetClassifier):
             fast_jvp=self.fast_jvp,
             autocast_dtype=PRECISIONS[self.precision],
         )
-        n_rows = data.n_rows
+        n_rows = data.n_samples
+        self.n_rows_ = data.n_rows
         keep = getattr(self, "sample_weights_", None)
-        if keep is not None and len(keep) == n_rows:
+        if keep is not None and len(keep) == data.n_rows:
             weights = torch.as_tensor(keep, dtype=torch.float32)
             losses = torch.as_tensor(self.sample_losses_, dtype=torch.float32)
+            extra = n_rows - data.n_rows
+            if extra:  # meta rows trained on beside X
+                kept_meta = getattr(self, "meta_sample_weights_", None)
+                kept_meta_losses = getattr(self, "meta_sample_losses_", None)
+                if kept_meta is None or len(kept_meta) != extra:
+                    kept_meta = kept_meta_losses = np.full(extra, np.nan)
+                weights = torch.cat([weights, torch.as_tensor(kept_meta, dtype=torch.float32)])
+                losses = torch.cat([losses, torch.as_tensor(kept_meta_losses, dtype=torch.float32)])
         else:
             weights = torch.full((n_rows,), float("nan"))
             losses = torch.full((n_rows,), float("nan"))
-            self.sample_weights_history_ = np.empty((0, n_rows), dtype=np.float32) if self.record_weights else None
+            self.sample_weights_history_ = (
+                np.empty((0, data.n_rows), dtype=np.float32) if self.record_weights else None
+            )
         self.sample_weight_buffer_ = weights.to(device)
         self.sample_loss_buffer_ = losses.to(device)
         self.epoch_stats_ = torch.zeros(4, dtype=torch.float64, device=device)
 
+    # ------------------------------------------------------------------ monitoring
+    def _observed_loss_range(self, quantiles=(0.05, 0.95)):
+        """The 5th and 95th percentiles of the training losses seen so far (None before any)."""
+        losses = self.sample_loss_buffer_
+        losses = losses[torch.isfinite(losses)]
+        if losses.numel() == 0:
+            return None
+        q = torch.quantile(losses.float(), torch.tensor(quantiles, device=losses.device))
+        return float(q[0]), float(q[1])
+
+    def _weight_function_live(self, losses):
+        """The current weight net as a numpy function (for the monitor)."""
+        param = next(self.weight_net_.parameters())
+        was_training = self.weight_net_.training
+        self.weight_net_.eval()
+        try:
+            with torch.no_grad():
+                x = torch.as_tensor(np.asarray(losses), dtype=param.dtype, device=param.device).reshape(-1, 1)
+                return self.weight_net_(x).reshape(-1).cpu().numpy()
+        finally:
+            self.weight_net_.train(was_training)
+
+    def _meta_set_score(self, scoring):
+        """Accuracy or negative log-loss of the classifier on the fit's meta set."""
+        if scoring not in ("accuracy", "neg_log_loss"):
+            raise ValueError(
+                f"on the estimator's own meta set MetaScoring supports 'accuracy' and 'neg_log_loss', "
+                f"got {scoring!r}; pass X_meta and y_meta for any other scorer"
+            )
+        dataset = self.meta_sampler_.source
+        logits, labels = [], []
+        for batch in self.get_iterator(dataset, training=False):
+            with torch.no_grad():
+                logits.append(self.evaluation_step(batch, training=False).float())
+            labels.append(torch.as_tensor(batch[1]).to(logits[-1].device))
+        logits, labels = torch.cat(logits), torch.cat(labels).long()
+        if scoring == "accuracy":
+            return (logits.argmax(1) == labels).double().mean().item()
+        return -torch.nn.functional.cross_entropy(logits, labels).item()
+
     def _end_training(self):
-        self.sample_weights_ = self.sample_weight_buffer_.cpu().numpy().astype(np.float64)
-        self.sample_losses_ = self.sample_loss_buffer_.cpu().numpy().astype(np.float64)
-        self.weight_function_ = WeightFunction(self.weight_net_)
+        loss_range = self._observed_loss_range()
+        weights = self.sample_weight_buffer_.cpu().numpy().astype(np.float64)
+        losses = self.sample_loss_buffer_.cpu().numpy().astype(np.float64)
+        n_rows = self.n_rows_
+        self.sample_weights_, self.sample_losses_ = weights[:n_rows], losses[:n_rows]
+        if len(weights) > n_rows:
+            self.meta_sample_weights_, self.meta_sample_losses_ = weights[n_rows:], losses[n_rows:]
+        else:
+            for name in ("meta_sample_weights_", "meta_sample_losses_"):
+                vars(self).pop(name, None)
+        self.weight_function_ = WeightFunction(self.weight_net_, loss_range=loss_range)
         self.meta_sampler_state_ = self.meta_sampler_.state_dict()
         self.train_generator_state_ = self.train_generator_.get_state()
         # Data-holding helpers do not outlive fit (pickles stay small, no stale data).
@@ -685,7 +759,7 @@ class MetaWeightClassifier(NeuralNetClassifier):
         if self.meta_steps_in_epoch_:
             self.history.record("meta_loss", meta_total / self.meta_steps_in_epoch_)
         if self.record_weights:
-            current = self.sample_weight_buffer_.cpu().numpy().astype(np.float32)
+            current = self.sample_weight_buffer_[: self.n_rows_].cpu().numpy().astype(np.float32)
             self.sample_weights_history_ = np.concatenate([self.sample_weights_history_, current[None]])
 
     # ------------------------------------------------------------------ prediction

@@ -3,12 +3,74 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["WeightNet", "WeightFunction"]
+__all__ = ["WeightNet", "WeightFunction", "WeightProfile", "weight_profile"]
+
+#: A weighting function whose weights differ by less than this fraction of their largest value
+#: over the losses seen is "flat": every sample gets (nearly) the same weight, so the step is
+#: plain training with a rescaled learning rate.
+FLAT_SPREAD = 0.1
+
+
+@dataclass(frozen=True)
+class WeightProfile:
+    """The shape of a weighting function over a range of losses.
+
+    Attributes
+    ----------
+    loss_range : tuple of float
+        The losses it was evaluated on (low, high), e.g. the 5th and 95th percentiles of the
+        training losses.
+    weight_range : tuple of float
+        Smallest and largest weight over that range.
+    spread : float
+        ``(max - min) / max`` of the weights: 0 for a constant function, 1 when some loss gets
+        weight 0. Scale-free, so it means the same with and without ``normalize_weights``.
+    trend : {"decreasing", "increasing", "flat", "non-monotonic"}
+        ``"flat"`` when ``spread < FLAT_SPREAD``; decreasing weights down-weight high-loss
+        samples (label noise, Fig. 1e of the paper), increasing ones up-weight them (class
+        imbalance, Fig. 1d).
+    """
+
+    loss_range: tuple
+    weight_range: tuple
+    spread: float
+    trend: str
+
+    def __str__(self) -> str:
+        lo, hi = self.loss_range
+        return (f"{self.trend}, weights {self.weight_range[0]:.3g}-{self.weight_range[1]:.3g} "
+                f"over losses {lo:.3g}-{hi:.3g} (spread {self.spread:.2f})")
+
+
+def weight_profile(weight_fn, loss_low: float, loss_high: float, n_points: int = 33) -> WeightProfile:
+    """Evaluate ``weight_fn`` (losses -> weights, ndarray in and out) on ``[loss_low, loss_high]``.
+
+    A tolerance of 1% of the largest weight separates a monotonic function from a
+    non-monotonic one, so float noise on a plateau does not count as a turn.
+    """
+    if not np.isfinite(loss_low) or not np.isfinite(loss_high):
+        raise ValueError(f"the loss range must be finite, got ({loss_low}, {loss_high})")
+    grid = np.linspace(float(loss_low), float(max(loss_high, loss_low)), int(n_points))
+    weights = np.asarray(weight_fn(grid), dtype=np.float64).reshape(-1)
+    low, high = float(weights.min()), float(weights.max())
+    spread = (high - low) / high if high > 0 else 0.0
+    steps = np.diff(weights)
+    tol = 0.01 * max(high, 1e-12)
+    if spread < FLAT_SPREAD:
+        trend = "flat"
+    elif np.all(steps <= tol):
+        trend = "decreasing"
+    elif np.all(steps >= -tol):
+        trend = "increasing"
+    else:
+        trend = "non-monotonic"
+    return WeightProfile((float(grid[0]), float(grid[-1])), (low, high), float(spread), trend)
 
 
 class WeightNet(nn.Module):
@@ -55,6 +117,9 @@ class WeightFunction:
     ----------
     weight_net : torch.nn.Module
         A module mapping a ``(n, 1)`` float tensor of losses to ``(n, 1)`` weights.
+    loss_range : tuple of float or None, default=None
+        The training losses it was learned on (the estimator stores the 5th and 95th
+        percentiles): the range :meth:`profile` summarises by default.
 
     Examples
     --------
@@ -65,11 +130,12 @@ class WeightFunction:
     >>> losses, weights = f.curve(0.0, 10.0, n_points=5)
     """
 
-    def __init__(self, weight_net: nn.Module):
+    def __init__(self, weight_net: nn.Module, loss_range=None):
         net = copy.deepcopy(weight_net).to("cpu").float().eval()
         for p in net.parameters():
             p.requires_grad_(False)
         self.weight_net = net
+        self.loss_range = None if loss_range is None else (float(loss_range[0]), float(loss_range[1]))
 
     def __call__(self, losses):
         is_tensor = isinstance(losses, torch.Tensor)
@@ -107,5 +173,21 @@ class WeightFunction:
         losses = np.linspace(loss_min, loss_max, int(n_points))
         return losses, self(losses)
 
+    def profile(self, loss_min: float | None = None, loss_max: float | None = None) -> WeightProfile:
+        """The function's shape over ``[loss_min, loss_max]`` (default: the losses seen in fit).
+
+        One line tells whether Meta-Weight-Net learned something: ``clf.weight_function_.profile()``
+        gives e.g. ``decreasing, weights 0.03-0.61 over losses 0.02-4.1 (spread 0.95)``; a
+        ``flat`` profile means every sample got nearly the same weight (plain training).
+        """
+        if loss_min is None or loss_max is None:
+            if self.loss_range is None:
+                raise ValueError("no loss range was recorded for this function: pass loss_min and loss_max")
+            loss_min = self.loss_range[0] if loss_min is None else loss_min
+            loss_max = self.loss_range[1] if loss_max is None else loss_max
+        return weight_profile(self, loss_min, loss_max)
+
     def __repr__(self) -> str:
-        return f"WeightFunction({self.weight_net!r})"
+        if self.loss_range is None:
+            return f"WeightFunction({self.weight_net!r})"
+        return f"WeightFunction({self.profile()})"
