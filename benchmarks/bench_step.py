@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Time plain skorch-style steps and Meta-Weight-Net steps side by side.
 
-A thin command line over :mod:`mwnet_sk.benchmark` (the same code as ``mwnet-sk benchmark``).
-Examples::
+The same command line as ``mwnet-sk benchmark`` (options, defaults and output), runnable from
+a checkout. Examples::
 
-    python benchmarks/bench_step.py                                  # small CNN, CPU, batch 64
+    python benchmarks/bench_step.py                                  # small CNN, batch 64
     python benchmarks/bench_step.py --model resnet32 --steps 5 --warmup 1
     python benchmarks/bench_step.py --modes plain,exact,exact_generic_jvp
     python benchmarks/bench_step.py --device cuda --model resnet32 --batch-size 100 \\
@@ -18,10 +18,10 @@ import os
 import sys
 
 try:
-    from mwnet_sk.benchmark import main
+    from mwnet_sk.cli import main
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-    from mwnet_sk.benchmark import main
+    from mwnet_sk.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["benchmark", *sys.argv[1:]]))

@@ -39,14 +39,15 @@ __all__ = [
     "IMAGENET_STD",
 ]
 
-#: CIFAR-10 per-channel mean and standard deviation over all training pixels, as in the
-#: official MW-Net code: ``(125.3, 123.0, 113.9) / 255`` and ``(63.0, 62.1, 66.7) / 255``
-#: (the true pixel statistics, not the frequently copied ``(0.2023, 0.1994, 0.2010)``).
 CIFAR10_MEAN, CIFAR10_STD = NORMALIZATION["cifar10"]
-#: CIFAR-100 per-channel mean and standard deviation of the training images.
+"""CIFAR-10 per-channel mean and standard deviation over all training pixels, as in the
+official MW-Net code: ``(125.3, 123.0, 113.9) / 255`` and ``(63.0, 62.1, 66.7) / 255``
+(the true pixel statistics, not the frequently copied ``(0.2023, 0.1994, 0.2010)``).
+"""
 CIFAR100_MEAN, CIFAR100_STD = NORMALIZATION["cifar100"]
-#: ImageNet statistics (torchvision's pretrained models).
+"""CIFAR-100 per-channel mean and standard deviation of the training images."""
 IMAGENET_MEAN, IMAGENET_STD = NORMALIZATION["imagenet"]
+"""ImageNet statistics (torchvision's pretrained models)."""
 
 _LAYOUTS = ("auto", "NCHW", "NHWC")
 _PADDING_MODES = ("constant", "reflect")

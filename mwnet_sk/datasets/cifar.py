@@ -38,13 +38,15 @@ __all__ = [
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
-#: CIFAR-10 channel means and stds, as in the official Meta-Weight-Net code
-#: (``(125.3, 123.0, 113.9) / 255`` and ``(63.0, 62.1, 66.7) / 255``; see
-#: :data:`mwnet_sk.datasets.NORMALIZATION`).
 CIFAR10_MEAN, CIFAR10_STD = NORMALIZATION["cifar10"]
-#: CIFAR-100 training-set statistics. (The official MW-Net code normalises CIFAR-100 with
-#: the CIFAR-10 values; pass ``normalize="cifar10"`` to the transform helpers for that.)
+"""CIFAR-10 channel means and stds, as in the official Meta-Weight-Net code
+(``(125.3, 123.0, 113.9) / 255`` and ``(63.0, 62.1, 66.7) / 255``; see
+:data:`mwnet_sk.datasets.NORMALIZATION`).
+"""
 CIFAR100_MEAN, CIFAR100_STD = NORMALIZATION["cifar100"]
+"""CIFAR-100 training-set statistics. (The official MW-Net code normalises CIFAR-100 with
+the CIFAR-10 values; pass ``normalize="cifar10"`` to the transform helpers for that.)
+"""
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -194,7 +196,7 @@ def load_cifar(
     Raises
     ------
     FileNotFoundError
-        Naming the missing file and how to get it.
+        Naming the missing file and where the archive comes from.
     ValueError
         If a file does not have the layout of an official batch.
 
@@ -403,6 +405,7 @@ def make_cifar_benchmark(
     Parameters
     ----------
     name : {"cifar10", "cifar100"}, default="cifar10"
+        The data set.
     root : str or path, default="data"
         Directory holding (or receiving, with ``download=True``) the python batches.
     corruption : str, ndarray or None, default="uniform"

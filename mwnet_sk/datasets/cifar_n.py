@@ -26,16 +26,17 @@ CIFAR_N_URL = "https://github.com/UCSC-REAL/cifar-10-100n"
 
 CIFAR_N_FILES = {"cifar10": "CIFAR-10_human.pt", "cifar100": "CIFAR-100_human.pt"}
 
-#: Keys of ``CIFAR-10_human.pt``.
 CIFAR10N_KEYS = (
     "clean_label", "aggre_label", "worse_label", "random_label1", "random_label2", "random_label3",
 )  # fmt: skip
-#: Keys of ``CIFAR-100_human.pt``.
+"""Keys of ``CIFAR-10_human.pt``."""
 CIFAR100N_KEYS = ("clean_label", "noisy_label", "noisy_coarse_label", "clean_coarse_label")
+"""Keys of ``CIFAR-100_human.pt``."""
 
-#: Label set used when ``label_key`` is not given (the hardest CIFAR-10N set, and the only
-#: noisy fine-label set of CIFAR-100N).
 DEFAULT_LABEL_KEY = {"cifar10": "worse_label", "cifar100": "noisy_label"}
+"""Label set used when ``label_key`` is not given (the hardest CIFAR-10N set, and the only
+noisy fine-label set of CIFAR-100N).
+"""
 
 
 def _dataset_key(name: str) -> str:

@@ -33,23 +33,23 @@ __all__ = [
     "clothing1m_train_transform",
 ]
 
-#: Clothing1M channel statistics (see :data:`mwnet_sk.datasets.NORMALIZATION`).
 CLOTHING1M_MEAN, CLOTHING1M_STD = NORMALIZATION["clothing1m"]
+"""Clothing1M channel statistics (see :data:`mwnet_sk.datasets.NORMALIZATION`)."""
 N_CLASSES = 14
 
-#: Class names in label order (used when ``category_names_eng.txt`` is absent).
 CLOTHING1M_CLASSES = (
     "T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
     "Jacket", "Down Coat", "Suit", "Shawl", "Dress", "Vest", "Underwear",
 )  # fmt: skip
+"""Class names in label order (used when ``category_names_eng.txt`` is absent)."""
 
-#: split name -> (key list file, label file)
 CLOTHING1M_SPLITS = {
     "noisy_train": ("noisy_train_key_list.txt", "noisy_label_kv.txt"),
     "clean_train": ("clean_train_key_list.txt", "clean_label_kv.txt"),
     "clean_val": ("clean_val_key_list.txt", "clean_label_kv.txt"),
     "clean_test": ("clean_test_key_list.txt", "clean_label_kv.txt"),
 }
+"""split name -> (key list file, label file)"""
 _TRAIN_SPLITS = ("noisy_train", "clean_train")
 _CATEGORY_FILE = "category_names_eng.txt"
 

@@ -61,8 +61,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
 }
 
-#: Names accepted by :func:`get_model`.
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+"""Names accepted by :func:`get_model`."""
 
 
 def model_key(name: str) -> str:

@@ -101,8 +101,8 @@ def load_resnet50_state_dict(weights) -> dict[str, torch.Tensor]:
                 f"{os.path.basename(path)} (from {enum.url}, or from a machine where "
                 f"torchvision.models.resnet50(weights='{enum.name}') was run) into "
                 f"{os.path.dirname(path)!r} (set TORCH_HOME to use another cache), or save a state "
-                "dict with torch.save(model.state_dict(), 'resnet50.pth') and pass "
-                "weights='/path/to/resnet50.pth'."
+                "dict with torch.save(model.state_dict(), 'resnet50.pth') and give its path as "
+                "the weights."
             )
         source = f"{path} ({enum})"
     try:

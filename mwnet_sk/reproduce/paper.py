@@ -77,18 +77,18 @@ class PaperTable:
         return self.baseline if run == "plain" else RUNS[run]["title"]
 
 
-#: The runs the reproduction makes for each experiment, in table order, with the paper's
-#: method each stands for and its column title.
 RUNS: dict[str, dict[str, str]] = {
     "plain": {"paper": "", "title": ""},  # the table's baseline (PaperTable.baseline)
     "finetuned": {"paper": "Fine-tuning", "title": "Fine-tuning"},
     "mwnet": {"paper": "Ours", "title": "MW-Net"},
 }
+"""The runs the reproduction makes for each experiment, in table order, with the paper's
+method each stands for and its column title.
+"""
 
 _NOISE_METHODS = ("BaseModel", "Reed-Hard", "S-Model", "Self-paced", "Focal Loss", "Co-teaching", "D2L",
                   "Fine-tuning", "MentorNet", "L2RW", "GLC", "Ours")  # fmt: skip
 
-#: The paper's result tables, by number.
 TABLES: dict[int, PaperTable] = {
     1: PaperTable(1, "long-tailed CIFAR", "resnet32",
                   ("BaseModel", "Focal Loss", "Class-Balanced", "Fine-tuning", "L2RW", "Ours"),
@@ -102,9 +102,10 @@ TABLES: dict[int, PaperTable] = {
                    "LCCN", "MLNT", "Ours"),
                   baseline="Cross Entropy"),
 }  # fmt: skip
+"""The paper's result tables, by number."""
 
-#: Display names of the data sets and networks.
 DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "clothing1m": "Clothing1M"}
+"""Display names of the data sets and networks."""
 MODEL_TITLES = {"wrn28_10": "WRN-28-10", "resnet32": "ResNet-32", "resnet50": "ResNet-50",
                 "small_cnn": "SmallCNN"}  # fmt: skip
 _N_CLASSES = {"cifar10": 10, "cifar100": 100, "clothing1m": 14}
@@ -344,8 +345,8 @@ def _build_registry() -> dict[str, Experiment]:
     return reg
 
 
-#: All experiments by name, in table order.
 EXPERIMENTS: dict[str, Experiment] = _build_registry()
+"""All experiments by name, in table order."""
 _ALIASES = {"table4-clothing1m": "clothing1m"}
 
 
@@ -372,8 +373,8 @@ def get_experiment(name: str | Experiment) -> Experiment:
     if key in EXPERIMENTS:
         return EXPERIMENTS[key]
     close = difflib.get_close_matches(key, list(EXPERIMENTS), n=4, cutoff=0.5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown experiment {name!r}.{hint}")
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(f"unknown experiment {name!r}{hint}")
 
 
 def select_experiments(tokens: Iterable[str]) -> list[str]:

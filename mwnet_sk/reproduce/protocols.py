@@ -15,8 +15,9 @@ differ in how they weight the losses and train the weight net:
 ``mwnet-2019-imbalance`` the script of ``Meta-weight-net_class-imbalance`` (Table 1) and
 ``mwnet-2020`` the later ``MW-Net.py``. The classifier is SGD with momentum 0.9 and weight
 decay 5e-4 (Nesterov in the 2019 scripts), learning rate 0.1, batch size 100 and a meta batch
-of the same size. All three pad CIFAR images by reflection before the random crop and
-normalise CIFAR-100 with the CIFAR-10 statistics (:attr:`Protocol.augment`).
+of the same size; the meta set is held out of training. All three pad CIFAR images by
+reflection before the random crop and normalise CIFAR-100 with the CIFAR-10 statistics
+(:attr:`Protocol.augment`).
 
 A preset is a set of :class:`~mwnet_sk.MetaWeightClassifier` keyword arguments; every setting
 is explicit (the weight net's weight decay too), so a preset does not change when an
@@ -92,7 +93,7 @@ class Protocol:
 
 
 # The parts every script shares: the classifier's SGD, batch sizes, one weight-net update per
-# step through every parameter, the paper's 1-100-1 weight net.
+# step through every parameter, the paper's 1-100-1 weight net, the meta set held out of training.
 _SHARED = {
     "optimizer": torch.optim.SGD,
     "lr": 0.1,
@@ -103,6 +104,7 @@ _SHARED = {
     "meta_interval": 1,
     "meta_params": "all",
     "weight_net__hidden_size": 100,
+    "train_on_meta": False,
 }
 # The scripts pad by reflection and normalise with the CIFAR-10 statistics, CIFAR-100 too.
 _AUGMENT = {"padding_mode": "reflect", "normalize": "cifar10"}
@@ -115,7 +117,6 @@ _SGD_2019 = {
     "meta_optimizer__weight_decay": 5e-4,
 }
 
-#: The presets by name.
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
@@ -150,6 +151,7 @@ PROTOCOLS: dict[str, Protocol] = {
         ),
     )
 }
+"""The presets by name."""
 
 
 def get_protocol(name: str | Protocol) -> Protocol:

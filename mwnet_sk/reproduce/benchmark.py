@@ -12,12 +12,12 @@ optimizer state, gradients and temporaries counted, nothing of the other modes).
 Use :func:`run_benchmark` (step level, :class:`~mwnet_sk.core.bilevel.BilevelStep`), or
 :func:`run_fit_benchmark` (whole ``fit`` epochs of :class:`~mwnet_sk.MetaWeightClassifier` and of
 a plain skorch ``NeuralNetClassifier`` on the same data: the glue overhead), and print the result
-with :func:`format_benchmark`. ``python benchmarks/bench_step.py --help`` and
-``mwnet-sk benchmark`` are command lines over the same functions.
+with :func:`format_benchmark`. ``mwnet-sk benchmark`` (and ``python benchmarks/bench_step.py``)
+is the command line over these functions.
 
 Examples
 --------
->>> from mwnet_sk.benchmark import run_benchmark, format_benchmark
+>>> from mwnet_sk.reproduce.benchmark import run_benchmark, format_benchmark
 >>> result = run_benchmark("small_cnn", "cpu", batch_size=8, steps=1, warmup=0,
 ...                        modes=("plain", "exact"), image_size=8)
 >>> [row.mode for row in result]
@@ -26,16 +26,12 @@ Examples
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime
 import gc
-import json
 import os
 import platform
 import re
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -44,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .report import provenance
+
 __all__ = [
     "CUDA_MODES",
     "DEFAULT_MODES",
@@ -51,10 +49,9 @@ __all__ = [
     "BenchmarkResult",
     "BenchmarkRow",
     "Mode",
-    "build_parser",
     "environment",
     "format_benchmark",
-    "main",
+    "resolve_mode",
     "run_benchmark",
     "run_fit_benchmark",
 ]
@@ -101,13 +98,14 @@ MODES: dict[str, Mode] = {
     ]
 }  # fmt: skip
 
-#: Modes timed by default on every device.
 DEFAULT_MODES: tuple[str, ...] = ("plain", "unrolled", "exact", "interval5", "last", "finite_difference")
-#: Modes added by default on CUDA (bf16 and channels_last are GPU features).
+"""Modes timed by default on every device."""
 CUDA_MODES: tuple[str, ...] = ("plain_bf16_cl", "exact_bf16", "exact_channels_last", "exact_bf16_cl")
+"""Modes added by default on CUDA (bf16 and channels_last are GPU features)."""
 
 
-def _resolve_mode(name: str) -> Mode:
+def resolve_mode(name: str) -> Mode:
+    """The :class:`Mode` of a name of :data:`MODES`, or of ``"intervalK"`` for any K >= 1."""
     if name in MODES:
         return MODES[name]
     match = re.fullmatch(r"interval(\d+)", name)
@@ -178,15 +176,14 @@ def _cpu_model() -> str:
 def environment(device="cpu") -> dict:
     """What the numbers were measured on: device, CPU, threads, library versions, date."""
     device = torch.device(device)
-    env = {
-        "date": datetime.date.today().isoformat(),
-        "device": str(device),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    env = provenance(str(device))
+    env.update(
+        cpu=_cpu_model(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        python=platform.python_version(),
+    )
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
@@ -239,10 +236,10 @@ def _per_sample_ce(logits, y):
 
 
 def _model_factory(model, num_classes, model_kwargs):
-    from .models import get_model
+    from ..models import get_model, model_key
 
     if isinstance(model, str):
-        key = model.lower().replace("-", "_")
+        key = model_key(model)
         kwargs = dict(model_kwargs or {})
         if key == "mlp":
             kwargs.setdefault("n_features", 64)
@@ -290,8 +287,8 @@ class _Runner:
             self.criterion = nn.CrossEntropyLoss()
             self.step = None
         else:
-            from .core.bilevel import BilevelStep
-            from .core.weight_net import WeightNet
+            from ..core.bilevel import BilevelStep
+            from ..core.weight_net import WeightNet
 
             self.weight_net = WeightNet(100).to(device)
             self.meta_optimizer = torch.optim.Adam(self.weight_net.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -480,7 +477,7 @@ def run_benchmark(
         modes = DEFAULT_MODES + (CUDA_MODES if device.type == "cuda" else ())
     elif isinstance(modes, str):
         modes = tuple(m.strip() for m in modes.split(",") if m.strip())
-    specs = [_resolve_mode(m) for m in modes]
+    specs = [resolve_mode(m) for m in modes]
     if len({m.name for m in specs}) != len(specs):
         raise ValueError(f"modes must be distinct, got {list(modes)}")
     steps, warmup = int(steps), int(warmup)
@@ -528,6 +525,7 @@ def run_benchmark(
         "input_shape": list(shape),
         "steps": steps,
         "warmup": warmup,
+        "seed": seed,
         "modes": [m.name for m in specs],
         "optimizer": "SGD(lr=0.1, momentum=0.9, weight_decay=5e-4)",
         "meta_optimizer": "Adam(lr=1e-3, weight_decay=1e-4), WeightNet(100)",
@@ -593,7 +591,7 @@ def run_fit_benchmark(
     import numpy as np
     from skorch import NeuralNetClassifier
 
-    from .estimator import MetaWeightClassifier
+    from ..estimator import MetaWeightClassifier
 
     device = torch.device(device)
     name, factory = _model_factory(model, num_classes, model_kwargs)
@@ -636,7 +634,7 @@ def run_fit_benchmark(
         )
     extra = {}
     if gpu_data_path:
-        from .augment import cifar_augment
+        from ..augment import cifar_augment
 
         extra = {"batch_transform": cifar_augment("cifar10"), "data_on_device": True}
     estimators["mwnet_epoch"] = (
@@ -645,7 +643,7 @@ def run_fit_benchmark(
         + (f", {precision}" if precision else "")
         + (", channels_last" if channels_last else ""),
         MetaWeightClassifier(
-            module, meta_lr=1e-3, precision=precision, channels_last=channels_last,
+            module, precision=precision, channels_last=channels_last,
             random_state=seed, **extra, **common,
         ),
         {"meta": (X_meta, y_meta)},
@@ -690,6 +688,7 @@ def run_fit_benchmark(
         "meta_size": meta_size,
         "repeats": repeats,
         "warmup": warmup,
+        "seed": seed,
         "gpu_data_path": gpu_data_path,
         "precision": precision,
         "channels_last": channels_last,
@@ -728,7 +727,7 @@ def format_benchmark(result: BenchmarkResult | Sequence[BenchmarkRow]) -> str:
         )
         lines.append(
             f"{getattr(result, 'title', 'benchmark')}: {what} on {config.get('device', '?')} ({where}); "
-            f"torch {env.get('torch', '?')}; {env.get('date', '?')}"
+            f"torch {env.get('torch', '?')}; {str(env.get('date', '?'))[:10]}"
         )
         notes = []
         if env.get("load_average") is not None:
@@ -757,85 +756,3 @@ def format_benchmark(result: BenchmarkResult | Sequence[BenchmarkRow]) -> str:
         cells.append(r.description)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- command line
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """The benchmark's options (on ``parser`` if given, e.g. a CLI sub-command)."""
-    parser = parser or argparse.ArgumentParser(
-        prog="bench_step.py",
-        description="Time plain skorch-style steps and Meta-Weight-Net steps side by side "
-        "(interleaved; medians), and optionally whole fit epochs.",
-    )
-    parser.add_argument("--model", default="small_cnn", help="model name (small_cnn, resnet32, wrn28_10, mlp, ...)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
-    parser.add_argument("--meta-batch-size", type=int, default=None, help="meta batch size (default: batch size)")
-    parser.add_argument("--steps", type=int, default=20, help="timed rounds per mode (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
-    parser.add_argument("--modes", default=None,
-                        help="comma-separated modes (default: " + ",".join(DEFAULT_MODES)
-                        + "; on CUDA also " + ",".join(CUDA_MODES) + "); --list-modes shows all")  # fmt: skip
-    parser.add_argument("--list-modes", action="store_true", help="list the modes and exit")
-    parser.add_argument("--image-size", type=int, default=32, help="synthetic image size (default 32)")
-    parser.add_argument("--num-classes", type=int, default=10, help="number of classes (default 10)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-memory", action="store_true", help="skip the CUDA peak-memory pass")
-    parser.add_argument("--no-steps", action="store_true", help="skip the step benchmark")
-    parser.add_argument("--fit-epoch", action="store_true",
-                        help="also time whole fit epochs (MetaWeightClassifier vs skorch NeuralNetClassifier)")  # fmt: skip
-    parser.add_argument("--fit-batches", type=int, default=8, help="batches per fit epoch (default 8)")
-    parser.add_argument("--fit-repeats", type=int, default=3, help="timed epochs per estimator (default 3)")
-    parser.add_argument("--gpu-data-path", action="store_true",
-                        help="fit epochs with uint8 data on the device and cifar_augment (MW-Net only)")
-    parser.add_argument("--precision", default=None, help="fit epochs: estimator precision (e.g. bf16)")
-    parser.add_argument("--channels-last", action="store_true", help="fit epochs: channels_last")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    return parser
-
-
-def run_from_args(args) -> int:
-    """Run what parsed ``args`` (from :func:`build_parser`) ask for; print tables; 0 on success."""
-    if args.list_modes:
-        for m in MODES.values():
-            print(f"{m.name:20s} {m.description}{'  [CUDA by default]' if m.cuda_only else ''}")
-        print(f"{'intervalK':20s} exact, meta_interval=K")
-        return 0
-    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    results = []
-    if not args.no_steps:
-        result = run_benchmark(
-            args.model, args.device, args.batch_size, args.steps, args.warmup, args.modes,
-            meta_batch_size=args.meta_batch_size, num_classes=args.num_classes,
-            image_size=args.image_size, threads=args.threads or None, seed=args.seed,
-            memory=not args.no_memory, progress=progress,
-        )  # fmt: skip
-        print(format_benchmark(result))
-        results.append(result)
-    if args.fit_epoch:
-        fit = run_fit_benchmark(
-            args.model, args.device, args.batch_size, args.fit_batches, args.fit_repeats,
-            num_classes=args.num_classes, image_size=args.image_size,
-            gpu_data_path=args.gpu_data_path, precision=args.precision,
-            channels_last=args.channels_last, threads=args.threads or None, seed=args.seed,
-            progress=progress,
-        )  # fmt: skip
-        if results:
-            print()
-        print(format_benchmark(fit))
-        results.append(fit)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump([r.as_dict() for r in results], fh, indent=2)
-    return 0
-
-
-def main(argv=None) -> int:
-    """Command line: ``python benchmarks/bench_step.py --help``."""
-    return run_from_args(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
