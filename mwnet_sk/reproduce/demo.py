@@ -5,9 +5,10 @@ Digits (1,797 images, 8x8) are split 70/30 into training rows and a clean test s
 class-balanced meta set (``meta_per_class`` rows per class) is taken from the training rows; the
 other training labels are corrupted. Both models are the same MLP trained with SGD (lr 0.1,
 momentum 0.9, batch size 100, lr divided by 10 after 80% of the epochs: the weight net takes its
-decreasing shape after that drop, see the docs). The plain baseline trains on every training row,
-the clean meta rows included; Meta-Weight-Net learns its weights from the meta rows and does not
-train on them. The weight net's settings are the estimator's defaults unless ``meta_lr`` is given.
+final shape after that drop, see the docs). The plain baseline trains on every training row, the
+clean meta rows included; Meta-Weight-Net learns its weights from the meta rows. Everything else
+about Meta-Weight-Net (the weight net, its optimizer, whether the meta rows are trained on too)
+is the estimator's defaults, and ``meta_lr`` when given.
 """
 
 from __future__ import annotations
