@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -99,17 +100,68 @@ def test_api_pages_render_cleanly(site):
         assert (site / "api" / "reproduce" / page / "index.html").is_file(), page
 
 
-def test_griffe_extension_resolves_names_in_their_scope():
-    griffe = pytest.importorskip("griffe")
+def _extension():
     sys.path.insert(0, str(DOCS / "_griffe"))
     try:
         from sphinx_roles import SphinxRoles
     finally:
         sys.path.remove(str(DOCS / "_griffe"))
-    loader = griffe.GriffeLoader(extensions=griffe.load_extensions(SphinxRoles))
+    return SphinxRoles
+
+
+def test_griffe_extension_on_a_small_package(tmp_path):
+    griffe = pytest.importorskip("griffe")
+    package = tmp_path / "toypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .mod import Thing\n")
+    (package / "mod.py").write_text(textwrap.dedent('''
+        class Error(Exception):
+            """Raised."""
+
+
+        def helper():
+            """Help."""
+
+
+        class Thing:
+            """See :class:`Error`, :meth:`run`, :func:`~toypkg.mod.helper`, :class:`torch.nn.Module`
+            and :meth:`the runner <toypkg.mod.Thing.run>`.
+
+            Parameters
+            ----------
+            a, b : str
+                File names.
+            """
+
+            def __init__(self, a="x.pt", b="y.json"):
+                pass
+
+            @property
+            def size(self) -> int:
+                """int : number of items."""
+
+            def run(self):
+                """Run."""
+    '''))
+    loader = griffe.GriffeLoader(extensions=griffe.load_extensions(_extension()), docstring_parser="numpy",
+                                 search_paths=[str(tmp_path)])  # fmt: skip
+    thing = loader.load("toypkg")["mod.Thing"]
+    doc = thing.docstring.value
+    assert not RAW_ROLE.search(doc)
+    for identifier, title in (("toypkg.mod.Error", "Error"), ("toypkg.mod.Thing.run", "run()"),
+                              ("toypkg.mod.helper", "helper()"), ("torch.nn.Module", "torch.nn.Module"),
+                              ("toypkg.mod.Thing.run", "the runner")):  # fmt: skip
+        assert f'<autoref identifier="{identifier}" optional><code>{title}</code></autoref>' in doc
+    (parameters,) = [s for s in thing.docstring.parsed if s.kind is griffe.DocstringSectionKind.parameters]
+    assert {p.name: p.default for p in parameters.value} == {"a": "'x.pt'", "b": "'y.json'"}
+    assert thing["size"].docstring.value == "Number of items."
+
+
+def test_griffe_extension_on_the_package():
+    griffe = pytest.importorskip("griffe")
+    loader = griffe.GriffeLoader(extensions=griffe.load_extensions(_extension()))
     package = loader.load("mwnet_sk", try_relative_path=False)
-    loader.resolve_aliases(implicit=False, external=False)
-    fit = package["estimator.MetaWeightClassifier"].docstring.value
+    doc = package["estimator.MetaWeightClassifier"].docstring.value
     # a name the module imports resolves to where it is defined
-    assert re.search(r"<autoref identifier=\"mwnet_sk\.[\w.]*TrainingDivergedError\" optional><code>TrainingDivergedError</code>", fit)
-    assert not RAW_ROLE.search(fit)
+    assert re.search(r'<autoref identifier="mwnet_sk\.[\w.]*TrainingDivergedError" optional><code>TrainingDivergedError</code>', doc)
+    assert not RAW_ROLE.search(doc)

@@ -12,7 +12,10 @@ docstrings, once griffe has loaded the package, into a cross-reference of mkdocs
   helper) renders as code instead of failing the strict build.
 
 It also reads the numpydoc form ``type : description`` on the first line of a property's
-docstring into the property's type, so the page shows the description without the type prefix.
+docstring into the property's type, so the page shows the description without the type prefix,
+and takes each documented parameter's default from the signature when the signature has one: a
+numpydoc line that documents several parameters at once (``f_params, f_optimizer : str``) would
+otherwise show the first one's default for all of them.
 
 Enabled in ``mkdocs.yml`` under the python handler's ``extensions``.
 """
@@ -48,6 +51,22 @@ class SphinxRoles(griffe.Extension):
             if "property" in obj.labels:
                 self._property_type(obj)
             obj.docstring.value = _ROLE.sub(lambda m: self._reference(m, obj, loader), obj.docstring.value)
+            if (obj.is_class or obj.is_function) and obj.docstring.parser is not None:
+                self._signature_defaults(obj)
+
+    @staticmethod
+    def _signature_defaults(obj) -> None:
+        """Documented parameters take their defaults from the signature (parsed once, here)."""
+        try:
+            defaults = {p.name: p.default for p in obj.parameters if p.default is not None}
+        except (griffe.AliasResolutionError, AttributeError):
+            return
+        # ``parsed`` is cached: the page renders the sections as corrected here
+        for section in obj.docstring.parsed:
+            if section.kind is griffe.DocstringSectionKind.parameters:
+                for item in section.value:
+                    if item.name in defaults:
+                        item.default = defaults[item.name]
 
     @staticmethod
     def _property_type(obj) -> None:
