@@ -44,7 +44,7 @@ from mwnet_sk.reproduce.protocols import get_protocol
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Meta-Weight-Net on Clothing1M.")
     parser.add_argument("--root", default="data/clothing1m", help="the Clothing1M folder (annotation files, images/)")
-    parser.add_argument("--weights", default="IMAGENET1K_V1", help="ResNet-50 weights: a torchvision name or a .pth file")
+    parser.add_argument("--weights", default="IMAGENET1K_V1", help="ResNet-50 weights: torchvision name or .pth file")
     parser.add_argument("--out", default="results/clothing1m", help="folder for the figure")
     parser.add_argument("--smoke", action="store_true", help="tiny generated data and network: seconds on a CPU")
     args = parser.parse_args(argv)

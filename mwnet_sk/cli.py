@@ -172,8 +172,10 @@ def _format_list() -> str:
                 mean, std = exp.paper_accuracy("Ours")
                 paper = f"{mean:.2f}" + (f"±{std:.2f}" if std is not None else "")
                 rows.append([name, exp.title.split(": ", 1)[1], exp.protocol, paper])
-        blocks.append(f"Table {number}: {table.caption}\n" + text_table(["name", "setting", "protocol", "paper"], rows, "  "))
-    protocols = text_table(["name", "script", "what"], [[p.name, p.script, p.description] for p in PROTOCOLS.values()], "  ")
+        table_text = text_table(["name", "setting", "protocol", "paper"], rows, indent="  ")
+        blocks.append(f"Table {number}: {table.caption}\n{table_text}")
+    rows = [[p.name, p.script.rsplit(": ", 1)[-1], p.description] for p in PROTOCOLS.values()]
+    protocols = text_table(["name", "script", "what"], rows, indent="  ")
     blocks.append("Protocols (the authors' settings per script; --set protocol=NAME runs another):\n" + protocols)
     blocks.append("Also accepted: table1 ... table4 (every row of a table) and patterns such as 'table2-cifar10-*'.")
     return "\n\n".join(blocks)
@@ -194,7 +196,7 @@ def _data_hint(err) -> str:
 
 def _cmd_reproduce(args) -> int:
     from .reproduce.paper import select_experiments
-    from .reproduce.runner import DataError, RunConfig, configs_for, run_many
+    from .reproduce.runner import DataError, configs_for, run_many
 
     if args.list:
         print(_format_list())
@@ -388,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-memory", action="store_true", help="skip the CUDA peak-memory pass")
     bench.add_argument("--no-steps", action="store_true", help="skip the step benchmark")
     bench.add_argument("--fit-epoch", action="store_true",
-                       help="also time whole fit epochs (MetaWeightClassifier vs skorch NeuralNetClassifier)")  # fmt: skip
+                       help="also time whole fit epochs (MetaWeightClassifier vs a plain skorch classifier)")  # fmt: skip
     bench.add_argument("--fit-batches", type=_positive(int), default=8, help="batches per fit epoch (default 8)")
     bench.add_argument("--fit-repeats", type=_positive(int), default=3, help="timed epochs per estimator (default 3)")
     bench.add_argument("--gpu-data-path", action="store_true",

@@ -2,25 +2,21 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from mwnet_sk.benchmark import (
+from mwnet_sk.reproduce.benchmark import (
     DEFAULT_MODES,
     MODES,
     BenchmarkResult,
     format_benchmark,
-    main,
+    resolve_mode,
     run_benchmark,
     run_fit_benchmark,
 )
 
 TINY = {"batch_size": 8, "image_size": 8, "model_kwargs": {"width": 4}}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_step_benchmark_rows_and_table():
@@ -67,22 +63,15 @@ def test_fit_benchmark_rows():
     assert "s/epoch" in format_benchmark(result)
 
 
-def test_command_line_writes_json(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    code = main([
-        "--model", "small_cnn", "--batch-size", "8", "--image-size", "8", "--steps", "1",
-        "--warmup", "0", "--modes", "plain,last", "--threads", "1", "--quiet", "--json", str(out),
-    ])  # fmt: skip
-    assert code == 0
-    assert "| last |" in capsys.readouterr().out
-    data = json.loads(out.read_text())
-    assert [r["mode"] for r in data[0]["rows"]] == ["plain", "last"]
-    assert main(["--list-modes"]) == 0
+def test_modes_by_name():
+    assert resolve_mode("exact").meta_gradient == "exact" and resolve_mode("interval7").meta_interval == 7
+    with pytest.raises(ValueError, match="unknown mode 'interval0'"):
+        resolve_mode("interval0")
 
 
-def test_script_help():
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "bench_step.py"), "--help"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0 and "--modes" in proc.stdout
+def test_results_record_seed_versions_and_date():
+    result = run_benchmark("mlp", batch_size=8, steps=1, warmup=0, modes=("plain",), seed=3)
+    assert result.config["seed"] == 3
+    env = result.environment
+    assert {"date", "device", "versions", "cpu", "torch_threads"} <= set(env) and env["versions"]["torch"] == torch.__version__
+    json.dumps(result.as_dict())

@@ -13,7 +13,6 @@ is the estimator's defaults, and ``meta_lr`` when given.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -222,7 +222,8 @@ class RunConfig:
             try:
                 changes[key] = kind(value)
             except (TypeError, ValueError):
-                raise ValueError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+                expected = "an integer" if kind is int else "a number"
+                raise ValueError(f"{key} must be {expected}, got {value!r}") from None
         return dataclasses.replace(self, **changes)  # validated again by __post_init__
 
 
