@@ -54,8 +54,8 @@ def main(argv=None):
         callbacks=[LRScheduler("MultiStepLR", milestones=[max(1, round(0.8 * epochs))], gamma=0.1)],
     )  # fmt: skip
 
-    # the search, scored on the held-out (noisy) labels of each fold
-    search = GridSearchCV(clf, {"meta_lr": [1e-4, 1e-3, 1e-2, 1e-1]}, cv=2 if args.smoke else 3)
+    # the search, scored on the held-out (noisy) labels of each fold; verbose=2 reports every fit
+    search = GridSearchCV(clf, {"meta_lr": [1e-4, 1e-3, 1e-2, 1e-1]}, cv=2 if args.smoke else 3, verbose=2)
     search.fit(X_train, y_noisy, meta=meta)
     for lr, score, rank in zip(search.cv_results_["param_meta_lr"], search.cv_results_["mean_test_score"],
                                search.cv_results_["rank_test_score"]):  # fmt: skip
