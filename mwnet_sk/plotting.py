@@ -113,6 +113,7 @@ def plot_weight_function(
     Returns
     -------
     matplotlib Axes
+        The Axes drawn into.
     """
     lo, hi = (float(v) for v in loss_range)
     if not hi > lo:
@@ -188,6 +189,7 @@ def plot_weight_distribution(
     Returns
     -------
     matplotlib Axes
+        The Axes drawn into.
     """
     w = _weights_from(sample_weights, "sample_weights_").reshape(-1)
     noisy = np.asarray(is_noisy).reshape(-1)
@@ -256,6 +258,7 @@ def plot_weight_variation(
     Returns
     -------
     matplotlib Axes
+        The Axes drawn into.
     """
     history = _weights_from(sample_weights_history, "sample_weights_history_")
     if history.ndim != 2:

@@ -46,6 +46,7 @@ def dataset_key(name: str, known: Iterable[str] | None = None, what: str = "data
     Returns
     -------
     str
+        The canonical name.
 
     Raises
     ------

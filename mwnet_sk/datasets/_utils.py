@@ -138,8 +138,11 @@ class ImageArrayDataset(torch.utils.data.Dataset):
     Attributes
     ----------
     images : ndarray of uint8
+        The images (a single-channel last axis is dropped).
     targets : ndarray of int64, shape (N,)
+        The labels.
     classes : list of str or None
+        The class names.
 
     Examples
     --------

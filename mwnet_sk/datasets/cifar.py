@@ -295,6 +295,7 @@ def cifar_test_transform(name: str = "cifar10", *, normalize: str | None = None)
     Returns
     -------
     torchvision.transforms.Compose
+        Picklable transform from ``PIL.Image`` to a normalised float tensor (3, 32, 32).
 
     Examples
     --------

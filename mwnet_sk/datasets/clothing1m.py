@@ -63,6 +63,7 @@ def clothing1m_train_transform() -> T.Compose:
     Returns
     -------
     torchvision.transforms.Compose
+        Picklable transform from an RGB ``PIL.Image`` to a normalised float tensor (3, 224, 224).
 
     Examples
     --------
@@ -88,6 +89,7 @@ def clothing1m_eval_transform() -> T.Compose:
     Returns
     -------
     torchvision.transforms.Compose
+        Picklable transform from an RGB ``PIL.Image`` to a normalised float tensor (3, 224, 224).
 
     Examples
     --------

@@ -218,6 +218,7 @@ def resnet50(num_classes: int = 14, weights=None) -> ResNet50:
     Returns
     -------
     ResNet50
+        A freshly initialised network (with the loaded weights, if any).
 
     Raises
     ------

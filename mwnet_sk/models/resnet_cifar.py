@@ -209,6 +209,7 @@ def resnet20(num_classes: int = 10, **kwargs) -> CifarResNet:
     Returns
     -------
     CifarResNet
+        A freshly initialised network.
     """
     return CifarResNet(20, num_classes, **kwargs)
 
@@ -229,6 +230,7 @@ def resnet32(num_classes: int = 10, **kwargs) -> CifarResNet:
     Returns
     -------
     CifarResNet
+        A freshly initialised network.
     """
     return CifarResNet(32, num_classes, **kwargs)
 
@@ -246,6 +248,7 @@ def resnet44(num_classes: int = 10, **kwargs) -> CifarResNet:
     Returns
     -------
     CifarResNet
+        A freshly initialised network.
     """
     return CifarResNet(44, num_classes, **kwargs)
 
@@ -263,6 +266,7 @@ def resnet56(num_classes: int = 10, **kwargs) -> CifarResNet:
     Returns
     -------
     CifarResNet
+        A freshly initialised network.
     """
     return CifarResNet(56, num_classes, **kwargs)
 
@@ -280,5 +284,6 @@ def resnet110(num_classes: int = 10, **kwargs) -> CifarResNet:
     Returns
     -------
     CifarResNet
+        A freshly initialised network.
     """
     return CifarResNet(110, num_classes, **kwargs)

@@ -182,5 +182,6 @@ def wrn28_10(num_classes: int = 10, dropout: float = 0.0, **kwargs) -> WideResNe
     Returns
     -------
     WideResNet
+        A freshly initialised network.
     """
     return WideResNet(depth=28, widen_factor=10, num_classes=num_classes, dropout=dropout, **kwargs)

@@ -440,6 +440,7 @@ def run_benchmark(
         A name for :func:`mwnet_sk.models.get_model` (``"small_cnn"``, ``"resnet32"``,
         ``"wrn28_10"``, ``"mlp"``, ...), a module (deep-copied per mode) or a factory.
     device : str or torch.device, default="cpu"
+        Where to time the steps.
     batch_size : int, default=64
         Training batch size.
     steps : int, default=20
@@ -460,6 +461,7 @@ def run_benchmark(
     threads : int, optional
         ``torch.set_num_threads`` for the run (restored afterwards).
     seed : int, default=0
+        Seeds the synthetic data and the initial weights (the same in every mode).
     memory : bool, default=True
         On CUDA, measure each mode's peak memory in a separate pass.
     progress : callable, optional

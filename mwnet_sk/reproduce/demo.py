@@ -102,6 +102,7 @@ def run_demo(
     Returns
     -------
     DemoRun
+        The result, both fitted estimators and the masks of the corrupted and the meta rows.
     """
     from skorch.callbacks import LRScheduler
     from sklearn.datasets import load_digits

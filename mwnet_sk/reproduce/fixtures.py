@@ -139,6 +139,7 @@ def smoke_data_root(dataset: str, folder: str | os.PathLike, imbalance_factor: f
     Parameters
     ----------
     dataset : {"cifar10", "cifar100", "clothing1m"}
+        The data set of the experiment.
     folder : path
         Where to write (usually a temporary folder).
     imbalance_factor : float or None

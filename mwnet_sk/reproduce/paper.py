@@ -191,6 +191,7 @@ class Experiment:
     table : int
         The paper's table (a key of :data:`TABLES`).
     dataset : {"cifar10", "cifar100", "clothing1m"}
+        The data set.
     corruption : {"long_tailed", "uniform", "flip2", "real"}
         How the training set is biased. The paper's flip noise sends each class to two
         randomly chosen other classes, ``r / 2`` each: ``"flip2"`` in :mod:`mwnet_sk.noise`.

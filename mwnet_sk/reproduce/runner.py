@@ -276,7 +276,9 @@ def make_estimators(config: RunConfig, record_weights: bool = False):
     Returns
     -------
     plain : skorch.NeuralNetClassifier
+        The baseline (:func:`~mwnet_sk.reproduce.baselines.make_plain_baseline`).
     mwnet : MetaWeightClassifier
+        Meta-Weight-Net under the run's settings.
     info : dict
         The epochs, milestones, device, batch size and network of the run.
     """
