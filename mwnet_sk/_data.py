@@ -1,16 +1,22 @@
-"""Data plumbing for the estimator: input checks, label encoding, indexed datasets,
-a batched in-memory iterator and the meta-batch sampler. No skorch, no bilevel math."""
+"""Data plumbing for the estimators: datasets over in-memory arrays, the one batch iterator,
+the meta-batch sampler, and the preparation of (X, y, meta) for ``fit``. No skorch training
+logic, no bilevel math; input checks and the label encoder live in :mod:`mwnet_sk._validation`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
-from dataclasses import dataclass
-from numbers import Integral
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from skorch.dataset import Dataset as SkorchDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 from torch.utils.data._utils.collate import default_collate
+
+from ._validation import as_feature_tensor, check_labels, encode_labels
 
 __all__ = [
     "ArrayDataset",
@@ -19,73 +25,74 @@ __all__ = [
     "MetaSampler",
     "FitData",
     "prepare_fit_data",
+    "features_of",
     "dataset_targets",
     "is_array_like",
+    "is_dataset",
 ]
 
-INDEX_KEY = "sample_index"
-INPUT_KEY = "x"
+# Keys of the internal batch dict: the model input and the sample's row number. Unusual names,
+# so that a user's own dict input (a multi-input module) never collides with them.
+INPUT_KEY = "__mwnet_input__"
+INDEX_KEY = "__mwnet_sample_index__"
+
+
+def is_dataset(obj) -> bool:
+    return isinstance(obj, Dataset) and not isinstance(obj, torch.Tensor)
 
 
 def is_array_like(obj) -> bool:
-    return isinstance(obj, (np.ndarray, torch.Tensor)) or (
-        hasattr(obj, "__array__") and not isinstance(obj, Dataset)
-    )
+    """Array data we batch by indexing: arrays, tensors, DataFrames, nested lists, dicts of those."""
+    if is_dataset(obj):
+        return False
+    if hasattr(obj, "toarray"):  # sparse (some sparse formats are Mappings): meets the clear refusal
+        return True
+    if isinstance(obj, Mapping):
+        return len(obj) > 0 and all(is_array_like(v) for v in obj.values())
+    return isinstance(obj, (np.ndarray, torch.Tensor, list, tuple)) or hasattr(obj, "__array__")
 
 
-def _as_tensor(X, what: str) -> torch.Tensor:
-    """X as a tensor; floating data become float32 (what modules expect)."""
-    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
-        raise TypeError(
-            f"{what} is a sparse matrix; sparse input is not supported, pass a dense array (X.toarray())"
-        )
-    if isinstance(X, torch.Tensor):
-        t = X.detach()
-    else:
-        arr = np.asarray(X)
-        if arr.dtype == object:
-            try:
-                arr = arr.astype(np.float64)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"{what} has dtype object and could not be converted to numbers: {exc}") from exc
-        if np.iscomplexobj(arr):
-            raise ValueError(f"Complex data not supported: {what} holds complex numbers")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.is_floating_point() and t.dtype != torch.float32:
-        t = t.float()
-    if t.ndim == 0:
-        raise ValueError(f"{what} must have at least one dimension, got a scalar")
-    if t.ndim == 1:
-        raise ValueError(
-            f"Expected 2D array, got 1D array instead for {what}: Reshape your data either using "
-            "X.reshape(-1, 1) if your data has a single feature or X.reshape(1, -1) if it contains "
-            "a single sample."
-        )
-    if t.ndim >= 2 and t.shape[1] == 0:
-        raise ValueError(f"{what} has 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is required.")
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).reshape(len(t), -1).any(1).sum())
-        raise ValueError(f"{what} contains NaN or infinite values (in {bad} rows)")
-    return t
+def _feature_names(X):
+    """Column names of a DataFrame whose columns are all strings (scikit-learn's rule)."""
+    columns = getattr(X, "columns", None)
+    if columns is None or not hasattr(X, "iloc"):
+        return None
+    names = np.asarray(columns, dtype=object)
+    return names if len(names) and all(isinstance(c, str) for c in names) else None
 
 
-def _labels_1d(y, what: str) -> np.ndarray:
-    from sklearn.utils.multiclass import check_classification_targets
+def features_of(X, what: str = "X", *, keep_integers: bool = False):
+    """The model input of array-like X: a tensor, or a dict of tensors for a multi-input module.
 
-    arr = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        from sklearn.utils.validation import column_or_1d
+    Returns ``(features, n_rows, sample_shape, feature_names)``; ``sample_shape`` is a tuple
+    (or a dict of tuples), ``feature_names`` the DataFrame's string columns or None.
+    """
+    if isinstance(X, Mapping) and not hasattr(X, "toarray"):
+        features = {k: as_feature_tensor(v, f"{what}[{k!r}]", keep_integers=keep_integers) for k, v in X.items()}
+        lengths = {len(v) for v in features.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"the arrays of the dict {what} have different lengths: "
+                             f"{ {k: len(v) for k, v in features.items()} }")
+        return features, lengths.pop(), {k: tuple(v.shape[1:]) for k, v in features.items()}, None
+    names = _feature_names(X)
+    features = as_feature_tensor(X, what, keep_integers=keep_integers)
+    return features, len(features), tuple(features.shape[1:]), names
 
-        arr = column_or_1d(arr, warn=True)  # DataConversionWarning, as in scikit-learn
-    if arr.ndim != 1:
-        raise ValueError(f"{what} must be 1-dimensional class labels, got shape {arr.shape}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ValueError(f"{what} contains NaN or infinite values")
-    if arr.dtype == object:
-        arr = arr.astype(str) if all(isinstance(v, str) for v in arr) else arr
-    if len(arr):
-        check_classification_targets(arr)  # "Unknown label type: continuous" for regression targets
-    return arr
+
+def _take(features, index):
+    if isinstance(features, dict):
+        return {k: v[index] for k, v in features.items()}
+    return features[index]
+
+
+def _device_of(features):
+    return next(iter(features.values())).device if isinstance(features, dict) else features.device
+
+
+def _to(features, device):
+    if isinstance(features, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in features.items()}
+    return features.to(device, non_blocking=True)
 
 
 def dataset_targets(dataset, what: str = "dataset") -> np.ndarray:
@@ -93,10 +100,10 @@ def dataset_targets(dataset, what: str = "dataset") -> np.ndarray:
     if isinstance(dataset, Subset):
         return dataset_targets(dataset.dataset, what)[np.asarray(dataset.indices)]
     targets = getattr(dataset, "targets", None)
-    if targets is None:
+    if targets is None and not isinstance(dataset, SkorchDataset):
         targets = getattr(dataset, "y", None)
     if targets is not None:
-        targets = _labels_1d(targets, f"{what}.targets")
+        targets = check_labels(targets, f"{what}.targets")
         if len(targets) != len(dataset):
             raise ValueError(
                 f"{what}.targets has {len(targets)} labels but the dataset has {len(dataset)} samples"
@@ -109,41 +116,71 @@ def dataset_targets(dataset, what: str = "dataset") -> np.ndarray:
             raise ValueError(f"{what} must yield (x, y) pairs; item {i} is {type(item).__name__}")
         label = item[1]
         labels.append(label.item() if isinstance(label, torch.Tensor) else label)
-    return _labels_1d(np.asarray(labels), f"labels of {what}")
+    return check_labels(np.asarray(labels), f"labels of {what}")
 
 
-class ArrayDataset(Dataset):
-    """In-memory tensors with the user's row numbers, batch-indexable without Python loops."""
+class ArrayDataset(SkorchDataset):
+    """In-memory features with encoded labels and the user's row numbers.
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor | None = None, rows=None):
+    Batches are cut by tensor indexing (:meth:`batch`), never item by item. It is a skorch
+    ``Dataset`` whose ``X`` and ``y`` are exactly its items' features and labels in the user's
+    label space, so skorch's scoring callbacks read them like they read their own datasets.
+
+    Parameters
+    ----------
+    X : torch.Tensor or dict of torch.Tensor
+        Features of these items, first dimension = items.
+    y : torch.Tensor of int64 or None
+        Encoded labels (positions in ``classes``).
+    rows : array-like of int or None
+        The sample number of each item (its row in the user's X); default ``0..len-1``.
+    labels : ndarray or None
+        The labels in the user's label space (``classes[y]``), shown to callbacks as ``y``.
+    """
+
+    def __init__(self, X, y=None, rows=None, labels=None):
+        # skorch's Dataset.__init__ converts and checks data; these tensors are ready already.
         self.X = X
-        self.y = y
-        self.rows = torch.arange(len(X)) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        self.codes = y
+        n = len(next(iter(X.values()))) if isinstance(X, dict) else len(X)
+        self.rows = torch.arange(n) if rows is None else torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        if len(self.rows) != n:
+            raise ValueError(f"{len(self.rows)} row numbers for {n} items")
+        self.y = labels if labels is not None else (None if y is None else y.cpu().numpy())
+        self._len = n
 
     def __len__(self):
-        return len(self.rows)
+        return self._len
 
     def __getitem__(self, i):
-        row = int(self.rows[i])
-        x = {INPUT_KEY: self.X[row], INDEX_KEY: row}
-        return x, (self.y[row] if self.y is not None else torch.tensor(0))
+        x = {INPUT_KEY: _take(self.X, i), INDEX_KEY: int(self.rows[i])}
+        return x, (self.codes[i] if self.codes is not None else torch.tensor(0))
 
     def to(self, device):
-        self.X = self.X.to(device, non_blocking=True)
-        if self.y is not None:
-            self.y = self.y.to(device, non_blocking=True)
+        self.X = _to(self.X, device)
+        if self.codes is not None:
+            self.codes = self.codes.to(device, non_blocking=True)
         return self
 
     def batch(self, positions: torch.Tensor):
-        rows = self.rows[positions]
-        dev_rows = rows.to(self.X.device)
-        x = {INPUT_KEY: self.X[dev_rows], INDEX_KEY: rows}
-        y = self.y[dev_rows] if self.y is not None else torch.zeros(len(rows), dtype=torch.long)
+        index = positions.to(_device_of(self.X))
+        x = {INPUT_KEY: _take(self.X, index), INDEX_KEY: self.rows[positions]}
+        y = self.codes[index.to(self.codes.device)] if self.codes is not None else torch.zeros(len(positions), dtype=torch.long)
         return x, y
+
+    def subset(self, positions) -> ArrayDataset:
+        """The items at ``positions`` as a new dataset (sharing nothing with this one)."""
+        index = torch.as_tensor(np.asarray(positions), dtype=torch.long)
+        return ArrayDataset(
+            _take(self.X, index.to(_device_of(self.X))),
+            None if self.codes is None else self.codes[index.to(self.codes.device)],
+            rows=self.rows[index],
+            labels=None if self.y is None else np.asarray(self.y)[index.numpy()],
+        )
 
 
 class IndexedDataset(Dataset):
-    """Wraps a user Dataset of (x, y): yields ({"x": x, "sample_index": offset + row}, encoded y).
+    """Wraps a user Dataset of (x, y): yields ({input: x, index: offset + row}, encoded y).
 
     ``offset`` numbers the rows of a second data set after the first one's (a meta Dataset
     trained on beside X: its row i is sample ``len(X) + i``).
@@ -168,6 +205,21 @@ class IndexedDataset(Dataset):
         return {INPUT_KEY: x, INDEX_KEY: self.offset + row}, y
 
 
+class _Shifted(Dataset):
+    """An :class:`ArrayDataset` whose items report sample indices shifted by ``offset``, with
+    plain int labels (so they collate with a user Dataset's items)."""
+
+    def __init__(self, dataset: ArrayDataset, offset: int):
+        self.dataset, self.offset = dataset, int(offset)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return {**x, INDEX_KEY: x[INDEX_KEY] + self.offset}, int(y)
+
+
 def _resolve_rows(dataset):
     """(base ArrayDataset, positions into it) for an ArrayDataset possibly wrapped in Subsets."""
     positions = None
@@ -182,13 +234,24 @@ def _resolve_rows(dataset):
     return dataset, positions
 
 
+def merged_batch_bounds(n: int, batch_size: int, merge_single: bool) -> list[tuple[int, int]]:
+    """[start, stop) of each batch; with ``merge_single`` a last batch of one item joins the
+    one before it (a BatchNorm layer cannot normalise a batch of one in training mode)."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if merge_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 class BatchIterator:
     """Batches of an in-memory :class:`ArrayDataset` by tensor indexing (no per-sample Python).
 
     When the dataset's tensors live on the GPU, so do the batches: no host-device copies.
+    ``merge_single`` folds a last batch of one item into the previous batch.
     """
 
-    def __init__(self, dataset, batch_size: int, shuffle: bool = False, generator=None, drop_last=False):
+    def __init__(self, dataset, batch_size: int, shuffle: bool = False, generator=None, drop_last=False,
+                 merge_single=False):
         base, positions = _resolve_rows(dataset)
         if base is None:
             raise TypeError("BatchIterator needs an ArrayDataset (or a Subset of one)")
@@ -197,23 +260,66 @@ class BatchIterator:
         self.shuffle = shuffle
         self.generator = generator
         self.drop_last = drop_last
+        self.merge_single = merge_single
 
     @staticmethod
     def supports(dataset) -> bool:
         return _resolve_rows(dataset)[0] is not None
 
-    def __len__(self):
+    def _bounds(self):
         n = len(self.positions)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.drop_last:
+            return [(s, s + self.batch_size) for s in range(0, n - self.batch_size + 1, self.batch_size)]
+        return merged_batch_bounds(n, self.batch_size, self.merge_single)
+
+    def __len__(self):
+        return len(self._bounds())
 
     def __iter__(self):
         n = len(self.positions)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            if self.drop_last and len(chunk) < self.batch_size:
-                break
-            yield self.base.batch(self.positions[chunk])
+        for start, stop in self._bounds():
+            yield self.base.batch(self.positions[order[start:stop]])
+
+
+class MergedBatchSampler(Sampler):
+    """Batches of positions for a DataLoader, shuffled with ``generator``, the last batch of
+    one item merged into the previous one (see :func:`merged_batch_bounds`)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, generator=None):
+        self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
+
+    def __len__(self):
+        return len(merged_batch_bounds(self.n, self.batch_size, True))
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        for start, stop in merged_batch_bounds(self.n, self.batch_size, True):
+            yield order[start:stop].tolist()
+
+
+class _MetaPositions(Sampler):
+    """The batch sampler a meta DataLoader draws from: it asks the MetaSampler for positions.
+
+    A class rather than a generator: it pickles with the DataLoader's workers' arguments and
+    keeps no reference cycle alive after ``fit``."""
+
+    def __init__(self, sampler: MetaSampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        while True:
+            self.sampler._pending.append(self.sampler._current_state())
+            yield self.sampler._next_positions().tolist()
+
+
+def _as_model_dtype(x):
+    """Floating batches from a Dataset become float32, as floating arrays do."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype == torch.float64:
+        return x.float()
+    if isinstance(x, dict):
+        return {k: _as_model_dtype(v) for k, v in x.items()}
+    return x
 
 
 class MetaSampler:
@@ -225,9 +331,15 @@ class MetaSampler:
     A Dataset meta set (images decoded from files, say) can be loaded by DataLoader workers
     that prefetch ahead (``loader_kwargs={"num_workers": 4}``); the positions are still drawn
     here, and ``state_dict`` reports the position after the last batch actually consumed.
+    :meth:`close` ends the workers (the estimator calls it when ``fit`` ends).
+
+    ``slicer`` (used by data-parallel training) maps the positions of the global meta batch to
+    the part this process loads. ``merge_single`` folds a last batch of one item of a pass into
+    the batch before it (a BatchNorm layer cannot normalise one item).
     """
 
-    def __init__(self, source, batch_size: int, generator: torch.Generator, device, loader_kwargs=None):
+    def __init__(self, source, batch_size: int, generator: torch.Generator, device, loader_kwargs=None,
+                 slicer=None, merge_single=False):
         self.source = source
         self.n = len(source)
         if self.n == 0:
@@ -237,9 +349,12 @@ class MetaSampler:
         self.device = torch.device(device)
         self.order = None
         self.offset = 0
+        self.slicer = slicer
+        self.merge_single = bool(merge_single)
         self._array = isinstance(source, ArrayDataset)
         self.loader_kwargs = dict(loader_kwargs or {})
         self._use_loader = not self._array and self.loader_kwargs.get("num_workers", 0) > 0
+        self._loader = None
         self._loader_iter = None
         self._pending = deque()  # positions already handed to the loader but not consumed
 
@@ -247,9 +362,12 @@ class MetaSampler:
         if self.order is None or self.offset >= self.n:
             self.order = torch.randperm(self.n, generator=self.generator)
             self.offset = 0
-        chunk = self.order[self.offset : self.offset + self.batch_size]
+        stop = self.offset + self.batch_size
+        if self.merge_single and self.n - stop == 1:
+            stop = self.n
+        chunk = self.order[self.offset : stop]
         self.offset += len(chunk)
-        return chunk
+        return chunk if self.slicer is None else self.slicer(chunk)
 
     def _current_state(self):
         return {
@@ -258,15 +376,16 @@ class MetaSampler:
             "generator": self.generator.get_state(),
         }
 
-    def _positions_forever(self):
-        while True:
-            self._pending.append(self._current_state())
-            yield self._next_positions().tolist()
-
     def _loaded_batch(self):
         if self._loader_iter is None:
-            loader = DataLoader(self.source, batch_sampler=self._positions_forever(), **self.loader_kwargs)
-            self._loader_iter = iter(loader)
+            kwargs = dict(self.loader_kwargs)
+            if kwargs.get("num_workers", 0) > 0 and "multiprocessing_context" not in kwargs:
+                # Worker processes are started by spawning a fresh interpreter (forkserver is
+                # not available everywhere, and forking a process that already runs threads,
+                # e.g. a joblib/loky worker of GridSearchCV, is unsafe).
+                kwargs["multiprocessing_context"] = "spawn"
+            self._loader = DataLoader(self.source, batch_sampler=_MetaPositions(self), **kwargs)
+            self._loader_iter = iter(self._loader)
         batch = next(self._loader_iter)
         self._pending.popleft()
         return batch
@@ -280,16 +399,30 @@ class MetaSampler:
                 x, y = self._loaded_batch()
             else:
                 x, y = default_collate([self.source[int(i)] for i in self._next_positions()])
-            if isinstance(x, dict):
+            if isinstance(x, dict) and INPUT_KEY in x:
                 x = x[INPUT_KEY]
+            x = _as_model_dtype(x)
         y = torch.as_tensor(y)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return _to(x, self.device), y.to(self.device, non_blocking=True)
+
+    def close(self):
+        """End the loader's worker processes (prefetched batches are dropped; the position
+        stays that of the last batch consumed)."""
+        iterator, self._loader_iter, self._loader = self._loader_iter, None, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        if iterator is not None:
+            state = self.state_dict()
+            self._pending.clear()
+            self.load_state_dict(state)
 
     def state_dict(self):
         return self._pending[0] if self._pending else self._current_state()
 
     def load_state_dict(self, state):
-        self._loader_iter = None  # prefetched batches belong to the old position
+        iterator, self._loader_iter, self._loader = self._loader_iter, None, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()  # prefetched batches belong to the old position
         self._pending.clear()
         self.order = None if state["order"] is None else state["order"].clone()
         self.offset = int(state["offset"])
@@ -301,36 +434,52 @@ class FitData:
     """Everything ``fit`` derives from (X, y, meta) before training."""
 
     train: Dataset
-    y_train: np.ndarray  # encoded labels of the training rows (for stratified splits)
-    meta: Dataset
+    y_train: np.ndarray  # encoded labels of the training items (for stratified splits)
+    meta: Dataset | None
     n_rows: int  # rows of X
     classes: np.ndarray
-    sample_shape: tuple | None = None  # per-sample shape of array inputs (None for Datasets)
+    train_rows: np.ndarray  # the X row of each training item (-1 for appended meta items)
+    sample_shape: object = None  # per-sample shape of array inputs (dict for dict inputs; None for Datasets)
+    feature_names: np.ndarray | None = None
     # Sample indices the training batches can carry: n_rows, plus the meta set's size when a
     # separate meta set (pair or Dataset) is trained on too (its rows numbered after X's).
     n_samples: int | None = None
+    _hash_parts: list = field(default_factory=list, repr=False)
 
     def __post_init__(self):
         if self.n_samples is None:
             self.n_samples = self.n_rows
 
+    def fingerprint(self) -> str:
+        """A digest of the training and meta data (features, labels, classes, which rows are
+        which): two fits on other data or another cross-validation fold differ."""
+        digest = hashlib.sha256()
+        for part in self._hash_parts:
+            _hash_into(digest, part)
+        return digest.hexdigest()
+
+
+def _hash_into(digest, obj):
+    if isinstance(obj, dict):
+        for key in sorted(obj):
+            digest.update(str(key).encode())
+            _hash_into(digest, obj[key])
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, np.ndarray) and obj.dtype != object and obj.dtype.kind not in "US":
+        digest.update(f"{obj.dtype}{obj.shape}".encode())
+        digest.update(np.ascontiguousarray(obj).tobytes())
+    else:
+        digest.update(repr(obj if not isinstance(obj, np.ndarray) else obj.tolist()).encode())
+
 
 def _is_meta_pair(meta) -> bool:
     if not isinstance(meta, (tuple, list)) or len(meta) != 2:
         return False
-    return all(isinstance(m, (Dataset, torch.Tensor)) or np.asarray(m).ndim >= 1 for m in meta)
-
-
-def _encode(labels: np.ndarray, classes: np.ndarray, what: str) -> np.ndarray:
-    codes = np.searchsorted(classes, labels)
-    codes = np.clip(codes, 0, len(classes) - 1)
-    unknown = classes[codes] != labels
-    if np.any(unknown):
-        bad = np.unique(labels[unknown])[:10]
-        raise ValueError(
-            f"{what} contains labels not among the training classes {list(classes)[:20]}: {list(bad)}"
-        )
-    return codes.astype(np.int64)
+    return all(is_dataset(m) or isinstance(m, (torch.Tensor, Mapping)) or np.asarray(m, dtype=object).ndim >= 1
+               for m in meta)
 
 
 def _meta_rows(meta, n_rows: int) -> np.ndarray:
@@ -342,61 +491,73 @@ def _meta_rows(meta, n_rows: int) -> np.ndarray:
         )
     if arr.dtype == bool:
         if len(arr) != n_rows:
-            raise ValueError(
-                f"the boolean meta mask has length {len(arr)} but X has {n_rows} rows"
-            )
+            raise ValueError(f"the boolean meta mask has length {len(arr)} but X has {n_rows} rows")
         return np.flatnonzero(arr)
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(
-            f"a meta index array must hold integers (or be a boolean mask), got dtype {arr.dtype}"
-        )
+        raise ValueError(f"a meta index array must hold integers (or be a boolean mask), got dtype {arr.dtype}")
     arr = arr.astype(np.int64)
     if arr.size and (arr.min() < 0 or arr.max() >= n_rows):
-        raise ValueError(
-            f"meta index array has indices outside [0, {n_rows}) for X with {n_rows} rows"
-        )
+        raise ValueError(f"meta index array has indices outside [0, {n_rows}) for X with {n_rows} rows")
     if len(np.unique(arr)) != len(arr):
         raise ValueError("meta index array contains repeated indices")
     return arr
 
 
-def prepare_fit_data(X, y, meta, classes=None, train_on_meta=False) -> FitData:
+def _label_map(classes):
+    if np.array_equal(classes, np.arange(len(classes))):
+        return None
+    return {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
+
+
+def prepare_fit_data(X, y, meta, classes=None, *, train_on_meta=False, keep_integers=False,
+                     meta_required=True) -> FitData:
     """Validate (X, y, meta), encode labels and build the train and meta datasets.
 
-    ``classes`` fixes the label set (``partial_fit`` after a first fit); otherwise the classes
-    are those present in y. ``train_on_meta`` keeps the meta rows in the training set too (a
-    mask's rows stay; a separate meta set's rows are appended, numbered after X's rows).
+    Parameters
+    ----------
+    X, y, meta
+        As :meth:`MetaWeightClassifier.fit` takes them.
+    classes : array-like or None
+        Fixes the label set and its order (a ``classes=`` parameter, or ``partial_fit`` after
+        a first fit); otherwise the sorted labels of the training rows.
+    train_on_meta : bool
+        Keep the meta rows in the training set (a mask's rows stay; a separate meta set's
+        rows are appended, numbered after X's rows).
+    keep_integers : bool
+        Keep integer features as they are (uint8 images a ``batch_transform`` scales).
+    meta_required : bool
+        Whether a meta set must be given (False for a fixed weighting function and for
+        plain training).
     """
-    x_is_dataset = isinstance(X, Dataset) and not isinstance(X, torch.Tensor)
-    if x_is_dataset:
+    if is_dataset(X):
         n_rows = len(X)
-        labels = dataset_targets(X, "X") if y is None else _labels_1d(y, "y")
-        X_t = None
+        labels = dataset_targets(X, "X") if y is None else check_labels(y, "y")
+        features = sample_shape = names = None
     else:
         if y is None:
             raise ValueError(
-                "MetaWeightClassifier requires y to be passed, but the target y is None "
-                "(only a torch Dataset X carries its own labels)"
+                "this estimator requires y to be passed, but the target y is None (only a torch Dataset X "
+                "carries its own labels)"
             )
-        X_t = _as_tensor(X, "X")
-        n_rows = len(X_t)
-        labels = _labels_1d(y, "y")
+        if not is_array_like(X):
+            raise TypeError(f"X must be array-like (array, tensor, DataFrame, dict of arrays) or a torch "
+                            f"Dataset, got {type(X).__name__}")
+        features, n_rows, sample_shape, names = features_of(X, "X", keep_integers=keep_integers)
+        labels = check_labels(y, "y")
     if len(labels) != n_rows:
         raise ValueError(f"X has {n_rows} samples but y has {len(labels)} labels")
     if n_rows == 0:
         raise ValueError("X is empty: 0 samples")
-    if n_rows == 1:
-        raise ValueError("X has n_samples=1: one sample cannot be split into training rows and a meta set")
 
-    if meta is None:
-        raise ValueError(
-            "fit requires a clean meta set: fit(X, y, meta=(X_meta, y_meta)), meta=<torch Dataset>, "
-            "or meta=<boolean mask / index array over the rows of X>"
-        )
-
-    # The meta set first: with a mask, its rows leave the training set.
     meta_rows = None
-    if isinstance(meta, Dataset) and not isinstance(meta, torch.Tensor):
+    if meta is None:
+        if meta_required:
+            raise ValueError(
+                "fit requires a clean meta set: fit(X, y, meta=(X_meta, y_meta)), meta=<torch Dataset>, "
+                "or meta=<boolean mask / index array over the rows of X>"
+            )
+        meta_kind = None
+    elif is_dataset(meta):
         meta_kind = "dataset"
     elif _is_meta_pair(meta):
         meta_kind = "pair"
@@ -405,79 +566,82 @@ def prepare_fit_data(X, y, meta, classes=None, train_on_meta=False) -> FitData:
         meta_rows = _meta_rows(meta, n_rows)
         if len(meta_rows) == 0:
             raise ValueError("the meta mask / index array selects no rows: the meta set is empty")
-        if len(meta_rows) == n_rows:
+        if len(meta_rows) == n_rows and not train_on_meta:
             raise ValueError("the meta mask selects every row of X: nothing is left to train on")
-    train_rows = (
-        np.arange(n_rows)
-        if meta_rows is None or train_on_meta
-        else np.setdiff1d(np.arange(n_rows), meta_rows)
-    )
+    held_out = np.arange(n_rows) if meta_rows is None else np.setdiff1d(np.arange(n_rows), meta_rows)
+    train_rows = np.arange(n_rows) if (meta_rows is None or train_on_meta) else held_out
 
     if classes is None:
-        classes = np.unique(labels[train_rows if meta_rows is None else np.setdiff1d(np.arange(n_rows), meta_rows)])
+        classes = np.unique(labels[held_out] if len(held_out) else labels)
     classes = np.asarray(classes)
     if len(classes) < 2:
         raise ValueError(
-            f"the training labels contain a single class ({classes[0]!r}); a classifier needs at least two"
+            f"the training labels contain 1 class ({classes[0]!r}); a classifier needs at least two"
+            if len(classes) else "there are no classes: y is empty"
         )
-    codes = _encode(labels, classes, "y")
+    codes = encode_labels(labels, classes, "y")
+    label_map = _label_map(classes)
 
-    if x_is_dataset:
-        identity = np.array_equal(classes, np.arange(len(classes)))
-        label_map = None if identity else {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
+    if features is None:
         train = IndexedDataset(X, rows=train_rows, label_map=label_map)
     else:
-        y_t = torch.from_numpy(codes)
-        train = ArrayDataset(X_t, y_t, rows=train_rows)
-
+        index = torch.from_numpy(train_rows)
+        train = ArrayDataset(_take(features, index), torch.from_numpy(codes[train_rows]), rows=train_rows,
+                             labels=labels[train_rows])
     y_train = codes[train_rows]
     n_samples = n_rows
+    hash_parts = [{"X": features if features is not None else (type(X).__name__, len(X)),
+                   "codes": codes, "classes": classes, "train_rows": train_rows}]
+
+    meta_ds = None
     if meta_kind == "rows":
-        meta_ds = (
-            ArrayDataset(train.X, train.y, rows=meta_rows)
-            if not x_is_dataset
-            else IndexedDataset(X, rows=meta_rows, label_map=train.label_map)
-        )
+        hash_parts.append({"meta_rows": meta_rows})
+        if features is None:
+            meta_ds = IndexedDataset(X, rows=meta_rows, label_map=label_map)
+        else:
+            index = torch.from_numpy(meta_rows)
+            meta_ds = ArrayDataset(_take(features, index), torch.from_numpy(codes[meta_rows]), rows=meta_rows,
+                                   labels=labels[meta_rows])
     elif meta_kind == "pair":
         X_meta, y_meta = meta
-        if isinstance(X_meta, Dataset) and not isinstance(X_meta, torch.Tensor):
+        if is_dataset(X_meta):
             raise TypeError("pass a meta Dataset directly as meta=dataset, not inside a pair")
-        Xm = _as_tensor(X_meta, "X_meta")
-        ym = _labels_1d(y_meta, "y_meta")
-        if len(Xm) != len(ym):
-            raise ValueError(f"X_meta has {len(Xm)} samples but y_meta has {len(ym)} labels")
-        if len(Xm) == 0:
+        Xm, n_meta, meta_shape, _ = features_of(X_meta, "X_meta", keep_integers=keep_integers)
+        ym = check_labels(y_meta, "y_meta")
+        if n_meta != len(ym):
+            raise ValueError(f"X_meta has {n_meta} samples but y_meta has {len(ym)} labels")
+        if n_meta == 0:
             raise ValueError("the meta set (X_meta, y_meta) is empty")
-        sample_shape = tuple(X_t.shape[1:]) if X_t is not None else _item_shape(X)
-        if sample_shape is not None and tuple(Xm.shape[1:]) != sample_shape:
-            raise ValueError(
-                f"meta features have shape {tuple(Xm.shape[1:])} per sample but X has {sample_shape}"
-            )
-        meta_codes = _encode(ym, classes, "y_meta")
-        meta_ds = ArrayDataset(Xm, torch.from_numpy(meta_codes))
+        shape = sample_shape if features is not None else _item_shape(X)
+        if shape is not None and meta_shape != shape:
+            raise ValueError(f"meta features have shape {meta_shape} per sample but X has {shape}")
+        meta_codes = encode_labels(ym, classes, "y_meta")
+        hash_parts.append({"X_meta": Xm, "meta_codes": meta_codes})
+        meta_ds = ArrayDataset(Xm, torch.from_numpy(meta_codes), labels=ym)
         if train_on_meta:
-            n_samples = n_rows + len(Xm)
+            n_samples = n_rows + n_meta
             y_train = np.concatenate([y_train, meta_codes])
-            if isinstance(train, ArrayDataset) and Xm.dtype == train.X.dtype:
+            train_rows = np.concatenate([train_rows, np.full(n_meta, -1)])
+            meta_ds = ArrayDataset(Xm, torch.from_numpy(meta_codes), rows=np.arange(n_rows, n_samples), labels=ym)
+            if isinstance(train, ArrayDataset) and _same_layout(train.X, Xm):
                 # one tensor holds both, so batches stay tensor-indexed
-                X_all = torch.cat([train.X, Xm])
-                y_all = torch.cat([train.y, meta_ds.y])
-                all_rows = np.concatenate([train_rows, np.arange(n_rows, n_samples)])
-                train = ArrayDataset(X_all, y_all, rows=all_rows)
-                meta_ds = ArrayDataset(X_all, y_all, rows=np.arange(n_rows, n_samples))
+                train = ArrayDataset(
+                    _cat(train.X, Xm), torch.cat([train.codes, meta_ds.codes]),
+                    rows=torch.cat([train.rows, meta_ds.rows]), labels=np.concatenate([train.y, ym]),
+                )
             else:
-                train = ConcatDataset([train, _Shifted(meta_ds, n_rows)])
-    else:
+                train = ConcatDataset([train, _Shifted(ArrayDataset(Xm, meta_ds.codes, labels=ym), n_rows)])
+    elif meta_kind == "dataset":
         if len(meta) == 0:
             raise ValueError("the meta Dataset is empty")
         meta_labels = dataset_targets(meta, "meta")
-        _encode(meta_labels, classes, "the meta set")
-        identity = np.array_equal(classes, np.arange(len(classes)))
-        label_map = None if identity else {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
+        meta_codes = encode_labels(meta_labels, classes, "the meta set's labels")
+        hash_parts.append({"meta": (type(meta).__name__, len(meta)), "meta_codes": meta_codes})
         meta_ds = IndexedDataset(meta, label_map=label_map)
         if train_on_meta:
             n_samples = n_rows + len(meta)
-            y_train = np.concatenate([y_train, _encode(meta_labels, classes, "the meta set")])
+            y_train = np.concatenate([y_train, meta_codes])
+            train_rows = np.concatenate([train_rows, np.full(len(meta), -1)])
             # items of both parts must collate together: plain int labels on both sides
             first = _Shifted(train, 0) if isinstance(train, ArrayDataset) else train
             train = ConcatDataset([first, IndexedDataset(meta, label_map=label_map, offset=n_rows)])
@@ -488,24 +652,25 @@ def prepare_fit_data(X, y, meta, classes=None, train_on_meta=False) -> FitData:
         meta=meta_ds,
         n_rows=n_rows,
         classes=classes,
-        sample_shape=None if X_t is None else tuple(X_t.shape[1:]),
+        train_rows=train_rows,
+        sample_shape=sample_shape,
+        feature_names=names,
         n_samples=n_samples,
+        _hash_parts=hash_parts,
     )
 
 
-class _Shifted(Dataset):
-    """An :class:`ArrayDataset` whose items report sample indices shifted by ``offset``
-    (meta rows trained on beside a Dataset X: they are numbered after X's rows)."""
+def _same_layout(a, b) -> bool:
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(
+            a[k].dtype == b[k].dtype for k in a)
+    return a.dtype == b.dtype
 
-    def __init__(self, dataset: ArrayDataset, offset: int):
-        self.dataset, self.offset = dataset, int(offset)
 
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        x, y = self.dataset[i]
-        return {**x, INDEX_KEY: x[INDEX_KEY] + self.offset}, int(y)
+def _cat(a, b):
+    if isinstance(a, dict):
+        return {k: torch.cat([a[k], b[k]]) for k in a}
+    return torch.cat([a, b])
 
 
 def _item_shape(dataset):
@@ -516,18 +681,3 @@ def _item_shape(dataset):
     return tuple(x.shape) if hasattr(x, "shape") else None
 
 
-def check_sample_shape(shape, expected, estimator_name: str, what: str = "X"):
-    """sklearn-style error when an array's per-sample shape differs from the one fitted on."""
-    if expected is None or shape is None or tuple(shape) == tuple(expected):
-        return
-    if len(shape) == 1 and len(expected) == 1:
-        raise ValueError(
-            f"{what} has {shape[0]} features, but {estimator_name} is expecting {expected[0]} features as input."
-        )
-    raise ValueError(f"{what} has per-sample shape {tuple(shape)}, but {estimator_name} was fitted on {tuple(expected)}.")
-
-
-def check_batch_size(value, name):
-    if not isinstance(value, Integral) or isinstance(value, bool) or (value < 1 and value != -1):
-        raise ValueError(f"{name} must be a positive integer (or -1 for the whole set), got {value!r}")
-    return int(value)

@@ -1,19 +1,37 @@
-"""skorch callbacks for Meta-Weight-Net runs: checkpoints that resume exactly, a monitor
-that says when the weighting function collapses, and meta-set scoring with best-epoch keeping."""
+"""skorch callbacks for Meta-Weight-Net runs: crash-safe checkpoints that resume exactly, a
+monitor that says when the weighting function collapses, and meta-set scoring that keeps the
+best epoch.
+
+A checkpoint is one unit. :class:`Checkpoint` writes every part of epoch k (classifier, both
+optimizers, criterion, weight net, history, training state with the states of stateful
+callbacks) into a new hidden folder, then a manifest with every part's size and SHA-256, then
+makes the folder current with one atomic rename, and only then removes the previous one. A
+run killed at any instant, also while saving, leaves the last complete checkpoint in place;
+:class:`LoadInitState` verifies the unit (naming any missing or damaged part), refuses one
+made by a run on other data or with other hyper-parameters, and the resumed run equals the
+uninterrupted one.
+"""
 
 from __future__ import annotations
 
-import copy
+import datetime as _dt
+import hashlib
+import io
+import json
 import os
+import pickle
+import re
+import shutil
+import uuid
 import warnings
-from contextlib import suppress
+from pathlib import Path
 
 import numpy as np
 import torch
-from skorch.callbacks import Callback
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler, PassthroughScoring
 from skorch.callbacks import Checkpoint as _SkorchCheckpoint
 from skorch.callbacks import LoadInitState as _SkorchLoadInitState
-from skorch.callbacks import PassthroughScoring
+from skorch.history import History
 from skorch.utils import noop
 
 from .core.weight_net import FLAT_SPREAD, weight_profile
@@ -21,11 +39,614 @@ from .core.weight_net import FLAT_SPREAD, weight_profile
 __all__ = [
     "Checkpoint",
     "LoadInitState",
+    "CheckpointError",
+    "CheckpointMismatchError",
     "FinitePassthroughScoring",
     "WeightMonitor",
     "WeightCollapseWarning",
     "MetaScoring",
+    "callback_states",
+    "load_callback_states",
 ]
+
+_FORMAT = "mwnet-sk-checkpoint"
+_VERSION = 1
+_UNIT = re.compile(r"^checkpoint-(\d{6,})$")
+_MANIFEST = "manifest.json"
+# Parameters that may differ between a checkpoint and the run that resumes it: they do not
+# change what the next training step computes.
+_RESUMABLE_CHANGES = {"max_epochs", "verbose", "device", "callbacks", "warm_start", "compile"}
+_RESUMABLE_PREFIXES = ("callbacks__", "iterator_meta__num_workers", "iterator_meta__pin_memory",
+                       "iterator_train__num_workers", "iterator_train__pin_memory", "iterator_valid__",
+                       "compile__")
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written, or none complete could be read; the message names
+    the folder and the part. A failed save leaves the previous checkpoint untouched."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was made by a run on other data or with other hyper-parameters."""
+
+
+# --------------------------------------------------------------------------- callback states
+def _state_of(callback):
+    """The resumable state of a callback: its own ``state_dict()``, or, for skorch's stateful
+    callbacks, what their training-time attributes hold."""
+    if callable(getattr(callback, "state_dict", None)):
+        return callback.state_dict()
+    if isinstance(callback, LRScheduler):
+        scheduler = getattr(callback, "lr_scheduler_", None)
+        return {"scheduler": None if scheduler is None else scheduler.state_dict(),
+                "batch_idx": int(getattr(callback, "batch_idx_", 0))}
+    if isinstance(callback, EarlyStopping):
+        return {"misses": int(callback.misses_), "dynamic_threshold": float(callback.dynamic_threshold_),
+                "best_epoch": int(getattr(callback, "best_epoch_", 0)),
+                "best_model_weights": getattr(callback, "best_model_weights_", None)}
+    return None
+
+
+def _load_state_of(callback, state):
+    if callable(getattr(callback, "load_state_dict", None)):
+        callback.load_state_dict(state)
+    elif isinstance(callback, LRScheduler):
+        if state["scheduler"] is not None and getattr(callback, "lr_scheduler_", None) is not None:
+            callback.lr_scheduler_.load_state_dict(state["scheduler"])
+        callback.batch_idx_ = int(state["batch_idx"])
+    elif isinstance(callback, EarlyStopping):
+        callback.misses_ = int(state["misses"])
+        callback.dynamic_threshold_ = float(state["dynamic_threshold"])
+        callback.best_epoch_ = int(state["best_epoch"])
+        callback.best_model_weights_ = state["best_model_weights"]
+
+
+def callback_states(net) -> dict:
+    """``{name: state}`` of every callback of ``net`` that has a resumable state.
+
+    The mechanism for your own callbacks: give them ``state_dict()`` returning tensors,
+    numbers, strings, lists and dicts, and ``load_state_dict(state)``; a checkpoint saves the
+    state and a resumed run restores it after every callback's ``on_train_begin``. skorch's
+    ``LRScheduler`` (per epoch and per batch, ``ReduceLROnPlateau`` included) and
+    ``EarlyStopping`` are covered without that.
+    """
+    states = {}
+    for name, callback in getattr(net, "callbacks_", None) or []:
+        state = _state_of(callback)
+        if state is not None:
+            states[name] = state
+    return states
+
+
+def load_callback_states(net, states: dict):
+    """Restore :func:`callback_states` output into the callbacks of the same names."""
+    callbacks = dict(net.callbacks_)
+    missing = sorted(set(states) - set(callbacks))
+    if missing:
+        raise CheckpointMismatchError(
+            f"the checkpoint holds the state of callbacks {missing}, which this run does not have: "
+            "resume with the same callbacks"
+        )
+    for name, state in states.items():
+        _load_state_of(callbacks[name], state)
+
+
+# --------------------------------------------------------------------------- run identity
+def _canonical(value):
+    """A stable, comparable description of a hyper-parameter value."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, np.ndarray):
+        return _canonical(value.tolist())
+    if isinstance(value, torch.nn.Module):
+        return f"{type(value).__module__}.{type(value).__qualname__} instance"
+    if hasattr(value, "get_params"):
+        return {"class": f"{type(value).__module__}.{type(value).__qualname__}",
+                "params": _canonical(value.get_params(deep=False))}
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def run_parameters(net) -> dict:
+    """The hyper-parameters that shape training, as comparable values."""
+    params = {}
+    for key, value in net.get_params(deep=False).items():
+        if key in _RESUMABLE_CHANGES or key.startswith(_RESUMABLE_PREFIXES):
+            continue
+        params[key] = _canonical(value)
+    return params
+
+
+# --------------------------------------------------------------------------- file helpers
+def _write_bytes(path: Path, payload: bytes):
+    """Write a new file and force it to disk (every byte a checkpoint writes goes through here)."""
+    with open(path, "xb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _switch(tmp: Path, final: Path):
+    """Make a complete unit current: one atomic rename."""
+    os.rename(tmp, final)
+
+
+def _fsync_dir(path: Path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _plain_module(module):
+    return getattr(module, "_orig_mod", module)
+
+
+class Checkpoint(_SkorchCheckpoint):
+    """A crash-safe checkpoint of everything a run needs to resume exactly.
+
+    Each save writes one unit, ``dirname/checkpoint-NNNNNN/``, holding the classifier
+    (``f_params``), its optimizer, the criterion, the weight net, the meta optimizer, the
+    history and the training state (step counter, generators and sampler positions, per-sample
+    weights, torch's RNG states, and the states of stateful callbacks: LR schedulers,
+    ``EarlyStopping``, the weight monitor, any callback with ``state_dict``). The parts are
+    written into a hidden folder, followed by ``manifest.json`` (sizes and SHA-256 of every
+    part, the run's data fingerprint and hyper-parameters), and the folder is made current
+    with one atomic rename; the previous unit is removed only then (``keep`` units are kept).
+
+    Guarantees: a kill at any instant, also during a save, leaves the last complete unit
+    loadable. A save that fails (disk full, permissions, a missing package) raises
+    :class:`CheckpointError` and leaves the previous unit as it was. Loading verifies the
+    manifest and names a missing or damaged part; it falls back to the newest complete unit.
+    Every part is read with ``weights_only=True`` (no code runs), except an ``f_pickle`` that
+    you ask for.
+
+    Parameters
+    ----------
+    monitor : str, callable or None, default=None
+        When to save. None saves after every epoch (what resuming needs); skorch's
+        ``"valid_loss_best"`` etc. work when a validation split is used.
+    f_params, f_optimizer, f_criterion, f_history, f_weight_net, f_meta_optimizer, f_training_state : str or None
+        File names inside the unit (formatted like skorch's, e.g. ``"params_{last_epoch[epoch]}.pt"``);
+        None leaves a part out (the resumed run is then not exact: only for inference saves).
+        Parts the estimator does not have (a plain classifier has no weight net) are skipped.
+    f_pickle : str or None, default=None
+        Also pickle the whole estimator into the unit (loading it runs code: only from trusted folders).
+    fn_prefix : str, default=""
+        Prefix of every file name.
+    dirname : str, default=""
+        The folder holding the units (created when missing).
+    keep : int, default=1
+        Complete units kept (the newest ones); older ones are removed after each save.
+    use_safetensors : bool, default=False
+        Write the module parts (classifier, criterion, weight net) with safetensors; optimizer
+        states and the training state are always written by ``torch.save`` and read with
+        ``weights_only=True``.
+    **kwargs
+        ``event_name``, ``sink``, ``load_best`` as in skorch's ``Checkpoint``.
+
+    Examples
+    --------
+    >>> from mwnet_sk.callbacks import Checkpoint, LoadInitState
+    >>> cp = Checkpoint(dirname="run1")
+    >>> callbacks = [cp, LoadInitState(cp)]  # the same line starts and resumes the run
+    """
+
+    _saves_training_state = True
+
+    def __init__(
+        self,
+        monitor=None,
+        f_params="params.pt",
+        f_optimizer="optimizer.pt",
+        f_criterion="criterion.pt",
+        f_history="history.json",
+        f_weight_net="weight_net.pt",
+        f_meta_optimizer="meta_optimizer.pt",
+        f_training_state="training_state.pt",
+        f_pickle=None,
+        fn_prefix="",
+        dirname="",
+        event_name="event_cp",
+        sink=noop,
+        load_best=False,
+        use_safetensors=False,
+        keep=1,
+        **kwargs,
+    ):
+        super().__init__(
+            monitor=monitor, f_params=f_params, f_optimizer=f_optimizer, f_criterion=f_criterion,
+            f_history=f_history, f_pickle=f_pickle, fn_prefix=fn_prefix, dirname=dirname,
+            event_name=event_name, sink=sink, load_best=load_best, use_safetensors=False,
+            f_weight_net=f_weight_net, f_meta_optimizer=f_meta_optimizer, f_training_state=f_training_state,
+            **kwargs,
+        )
+        # skorch refuses optimizers with safetensors; here they are written by torch.save
+        self.use_safetensors = use_safetensors
+        self.keep = keep
+
+    def initialize(self):
+        if not isinstance(self.keep, int) or isinstance(self.keep, bool) or self.keep < 1:
+            raise ValueError(f"keep must be a positive integer, got {self.keep!r}")
+        return super().initialize()
+
+    # ------------------------------------------------------------------ parts
+    def _parts(self, net):
+        """(key, attribute, file name template, kind) of every part this net has."""
+        parts = []
+        for key in sorted(k for k in vars(self) if k.startswith("f_") and not k.endswith("_")):
+            template = getattr(self, key)
+            if template is None or key in ("f_pickle",):
+                continue
+            name = key[2:]
+            if name == "history":
+                parts.append((key, None, template, "history"))
+            elif name == "training_state":
+                parts.append((key, None, template, "training_state"))
+            else:
+                attr = "module" if name == "params" else name
+                component = getattr(net, attr + "_", None)
+                if component is None:
+                    continue
+                kind = "optimizer" if isinstance(component, torch.optim.Optimizer) else "module"
+                parts.append((key, attr, template, kind))
+        if self.f_pickle is not None:
+            parts.append(("f_pickle", None, self.f_pickle, "pickle"))
+        return parts
+
+    def _filename(self, net, template):
+        history = net.history
+        return self.fn_prefix + template.format(
+            net=net,
+            last_epoch=history[-1] if history else {},
+            last_batch=history[-1, "batches", -1] if history and history[-1, "batches"] else {},
+        )
+
+    def _serialize(self, net, kind, attr) -> bytes:
+        """The bytes of one part (parts are serialised in memory, then written in one go)."""
+        if kind == "history":
+            return json.dumps(net.history.to_list()).encode()
+        if kind == "training_state":
+            blob = net.training_state_dict()
+            buffer = io.BytesIO()
+            torch.save(blob, buffer)
+            self._check_plain_data(blob, buffer.getvalue())
+            return buffer.getvalue()
+        if kind == "pickle":
+            return pickle.dumps(net)
+        state = _plain_module(getattr(net, attr + "_")).state_dict()
+        if kind == "module" and self.use_safetensors:
+            from safetensors.torch import save
+
+            return save({k: v.detach().contiguous() for k, v in state.items()})
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+    @staticmethod
+    def _check_plain_data(blob, payload: bytes):
+        """A training state must load with weights_only=True; name the callback whose state
+        does not (e.g. one holding a function)."""
+        try:
+            torch.load(io.BytesIO(payload), weights_only=True)
+        except Exception as exc:
+            culprits = []
+            for name, state in (blob.get("callbacks") or {}).items():
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+                try:
+                    torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+                except Exception:  # noqa: BLE001 - any failure names the callback
+                    culprits.append(name)
+            where = f"the state of callback(s) {culprits}" if culprits else "the training state"
+            raise CheckpointError(
+                f"{where} cannot be read back safely (torch.load(weights_only=True) fails: {exc}); give "
+                "the callback a state_dict() of tensors, numbers, strings, lists and dicts"
+            ) from exc
+
+    # ------------------------------------------------------------------ saving
+    def _root(self) -> Path:
+        return Path(self.dirname) if self.dirname else Path(".")
+
+    def _units(self):
+        """Complete-looking unit folders, newest first: (counter, path)."""
+        root = self._root()
+        if not root.is_dir():
+            return []
+        units = []
+        for entry in root.iterdir():
+            match = _UNIT.match(entry.name)
+            if match and entry.is_dir():
+                units.append((int(match.group(1)), entry))
+        return sorted(units, reverse=True)
+
+    def save_model(self, net):
+        """Write one checkpoint unit atomically (see the class docstring)."""
+        root = self._root()
+        tmp = None
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            units = self._units()
+            counter = units[0][0] + 1 if units else 1
+            tmp = root / f".incomplete-{counter:06d}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            parts = {}
+            for key, attr, template, kind in self._parts(net):
+                filename = self._filename(net, template)
+                if os.sep in filename or (os.altsep and os.altsep in filename) or filename in ("", ".", ".."):
+                    raise ValueError(f"{key}={template!r} must be a file name inside the checkpoint folder")
+                payload = self._serialize(net, kind, attr)
+                _write_bytes(tmp / filename, payload)
+                parts[key[2:]] = {"file": filename, "kind": kind, "attribute": attr,
+                                  "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+            data = getattr(net, "fit_data_", None)
+            manifest = {
+                "format": _FORMAT,
+                "version": _VERSION,
+                "epoch": len(net.history),
+                "counter": counter,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "estimator": f"{type(net).__module__}.{type(net).__qualname__}",
+                "data": None if data is None else data.fingerprint(),
+                "params": run_parameters(net),
+                "safetensors": bool(self.use_safetensors),
+                "parts": parts,
+            }
+            # the manifest is written last: a unit without one is incomplete
+            _write_bytes(tmp / _MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            _fsync_dir(tmp)
+            final = root / f"checkpoint-{counter:06d}"
+            _switch(tmp, final)  # the unit is complete or it is not there
+            tmp = None
+            _fsync_dir(root)
+        except BaseException as exc:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, CheckpointError)):
+                raise
+            previous = self._units()
+            kept = f"the previous checkpoint {previous[0][1]} is intact" if previous else "no earlier checkpoint exists"
+            raise CheckpointError(
+                f"could not save the checkpoint of epoch {len(net.history)} to {root}: "
+                f"{type(exc).__name__}: {exc}; {kept}"
+            ) from exc
+        self._prune(final)
+
+    def _prune(self, current: Path):
+        """Drop units older than the ``keep`` newest and leftovers of interrupted saves."""
+        root = self._root()
+        for _, path in self._units()[self.keep:]:
+            if path != current:
+                shutil.rmtree(path, ignore_errors=True)
+        for entry in root.iterdir():
+            if entry.name.startswith(".incomplete-") and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+
+    # ------------------------------------------------------------------ loading
+    @staticmethod
+    def verify(path: Path) -> dict:
+        """The manifest of the unit at ``path`` after checking every part; raises
+        :class:`CheckpointError` naming what is missing or damaged."""
+        path = Path(path)
+        manifest_path = path / _MANIFEST
+        if not manifest_path.is_file():
+            raise CheckpointError(f"{path}: {_MANIFEST} is missing (an interrupted or foreign folder)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: {_MANIFEST} is damaged ({exc})") from exc
+        if manifest.get("format") != _FORMAT or manifest.get("version") != _VERSION:
+            raise CheckpointError(f"{path}: not a {_FORMAT} version {_VERSION} checkpoint")
+        for name, part in manifest["parts"].items():
+            file = path / part["file"]
+            if not file.is_file():
+                raise CheckpointError(f"{path}: part {name!r} ({part['file']}) is missing")
+            if file.stat().st_size != part["bytes"]:
+                raise CheckpointError(
+                    f"{path}: part {name!r} ({part['file']}) is damaged: {file.stat().st_size} bytes, "
+                    f"{part['bytes']} expected"
+                )
+            if _sha256(file) != part["sha256"]:
+                raise CheckpointError(f"{path}: part {name!r} ({part['file']}) is damaged: checksum mismatch")
+        return manifest
+
+    def latest(self, net=None):
+        """(path, manifest) of the newest complete unit, or None when there is none yet.
+
+        Damaged units are skipped with a warning naming the part; if units exist but none is
+        complete, :class:`CheckpointError` lists them (delete the folder to start over).
+        """
+        problems = []
+        for _, path in self._units():
+            try:
+                manifest = self.verify(path)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                continue
+            if problems:
+                warnings.warn(
+                    "skipped damaged checkpoint(s): " + "; ".join(problems) + f"; resuming from {path}",
+                    UserWarning, stacklevel=2,
+                )
+            return path, manifest
+        if problems:
+            raise CheckpointError(
+                "no complete checkpoint in " + str(self._root()) + ": " + "; ".join(problems)
+                + ". Delete the folder to start over."
+            )
+        return None
+
+    def load_unit(self, net, path: Path, manifest: dict, *, resume: bool = False):
+        """Load every part of a verified unit into ``net`` (initialising it if needed)."""
+        if not net.initialized_:
+            net.initialize()
+        parts = manifest["parts"]
+        map_location = net.device if torch.device(net.device).type != "cuda" or torch.cuda.is_available() else "cpu"
+        order = sorted(parts.items(), key=lambda kv: {"module": 0, "optimizer": 1}.get(kv[1]["kind"], 2))
+        for name, part in order:
+            file = path / part["file"]
+            kind = part["kind"]
+            if kind == "history":
+                net.history = History.from_file(str(file))
+            elif kind in ("module", "optimizer"):
+                component = getattr(net, part["attribute"] + "_", None)
+                if component is None:
+                    raise CheckpointMismatchError(
+                        f"{path}: the checkpoint has part {name!r} but this {type(net).__name__} has no "
+                        f"{part['attribute']}_"
+                    )
+                if kind == "module" and manifest.get("safetensors"):
+                    from safetensors.torch import load_file
+
+                    state = load_file(str(file), device=str(map_location))
+                else:
+                    state = torch.load(file, map_location=map_location, weights_only=True)
+                _plain_module(component).load_state_dict(state)
+        for name, part in parts.items():
+            if part["kind"] == "training_state":
+                blob = torch.load(path / part["file"], map_location="cpu", weights_only=True)
+                net.load_training_state_dict(blob, resume=resume)
+        return net
+
+    def load_into(self, net, use_safetensors=False):
+        """What ``net.load_params(checkpoint=self)`` does: load the newest complete unit whole."""
+        found = self.latest(net)
+        if found is None:
+            raise CheckpointError(f"no checkpoint in {self._root()}")
+        path, manifest = found
+        return self.load_unit(net, path, manifest)
+
+    def get_formatted_files(self, net):
+        """The files of the newest complete unit (skorch's interface)."""
+        found = self.latest(net)
+        if found is None:
+            return {}
+        path, manifest = found
+        return {"f_" + name: str(path / part["file"]) for name, part in manifest["parts"].items()}
+
+    @property
+    def f_history_(self):
+        found = self.latest()
+        if found is None or "history" not in found[1]["parts"]:
+            return None
+        return str(found[0] / found[1]["parts"]["history"]["file"])
+
+
+class LoadInitState(_SkorchLoadInitState):
+    """Resume from a :class:`Checkpoint` when training begins.
+
+    The same script line both starts and resumes a run: with no checkpoint yet it does
+    nothing; otherwise it verifies the newest complete unit (falling back past damaged ones,
+    naming them), checks that it was made by this run, and restores every part. With
+    ``resume=True`` (default) training continues up to ``max_epochs`` epochs in total;
+    ``resume=False`` keeps skorch's behaviour (``max_epochs`` more epochs).
+
+    "This run" means the same data (training rows, labels, meta set: a checkpoint folder of
+    another cross-validation fold is refused) and the same hyper-parameters, except
+    ``max_epochs``, ``verbose``, ``device``, callbacks and loader worker settings. Refusals
+    raise :class:`CheckpointMismatchError` saying what differs. A deliberate change is allowed
+    with ``allow_changes``: the new value is applied (e.g. ``lr`` to the restored optimizer)
+    and a warning says so.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+        The checkpoint to restore from.
+    resume : bool, default=True
+        Train only up to ``max_epochs`` epochs in total.
+    allow_changes : sequence of str, default=()
+        Hyper-parameters that may differ from the checkpoint's (their new values win).
+    """
+
+    _restores_training_state = True
+
+    def __init__(self, checkpoint, resume=True, allow_changes=(), use_safetensors=False):
+        super().__init__(checkpoint, use_safetensors=use_safetensors)
+        self.resume = resume
+        self.allow_changes = allow_changes
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        if self.did_load_:
+            return
+        self.did_load_ = True
+        if not isinstance(self.checkpoint, Checkpoint):
+            raise TypeError("LoadInitState needs a mwnet_sk.callbacks.Checkpoint")
+        found = self.checkpoint.latest(net)
+        if found is None:
+            return
+        path, manifest = found
+        changed = self._check_run(net, path, manifest)
+        self.checkpoint.load_unit(net, path, manifest, resume=self.resume)
+        for key, (old, new) in changed.items():
+            if net._is_virtual_param(key):  # e.g. lr: the restored optimizer takes the new value
+                net.set_params(**{key: net.get_params(deep=False)[key]})
+            warnings.warn(f"resumed {path} with {key}={new!r} (the checkpoint had {old!r}), as allowed by "
+                          "allow_changes", UserWarning, stacklevel=2)
+
+    def _check_run(self, net, path, manifest) -> dict:
+        data = getattr(net, "fit_data_", None)
+        if manifest.get("data") is not None and data is not None and manifest["data"] != data.fingerprint():
+            raise CheckpointMismatchError(
+                f"{path} was written by a run on other data (other training rows, labels or meta set, "
+                "e.g. another cross-validation fold), so it is not resumed. Give each run its own "
+                "dirname (e.g. Checkpoint(dirname=f'runs/fold{k}')), or delete the folder to start over."
+            )
+        estimator = f"{type(net).__module__}.{type(net).__qualname__}"
+        if manifest.get("estimator") not in (None, estimator):
+            raise CheckpointMismatchError(f"{path} was written by a {manifest['estimator']}, not a {estimator}")
+        saved, current = manifest.get("params", {}), run_parameters(net)
+        allowed = set(self.allow_changes)
+        differences, changed = [], {}
+        for key in sorted(set(saved) | set(current)):
+            old, new = saved.get(key, "<not set>"), current.get(key, "<not set>")
+            if old == new:
+                continue
+            if key in allowed:
+                changed[key] = (old, new)
+            else:
+                differences.append(f"{key}: {old!r} in the checkpoint, {new!r} now")
+        if differences:
+            raise CheckpointMismatchError(
+                f"{path} was made with other hyper-parameters, so resuming would not continue that run: "
+                + "; ".join(differences)
+                + ". Use the checkpoint's values, a new dirname, or LoadInitState(..., allow_changes=[...]) "
+                "to apply the new values deliberately."
+            )
+        return changed
+
+
+# --------------------------------------------------------------------------- scoring
+class FinitePassthroughScoring(PassthroughScoring):
+    """skorch's ``PassthroughScoring`` that ignores batches skipped for non-finite values."""
+
+    def get_avg_score(self, history):
+        key = "train_batch_size" if self.on_train else "valid_batch_size"
+        weights, scores = map(np.asarray, zip(*history[-1, "batches", :, [key, self.name]]))
+        finite = np.isfinite(scores)
+        if not finite.any():
+            return float("nan")
+        return float(np.average(scores[finite], weights=weights[finite]))
 
 
 class WeightCollapseWarning(UserWarning):
@@ -35,8 +656,8 @@ class WeightCollapseWarning(UserWarning):
 class WeightMonitor(Callback):
     """Watch the learned weighting function and the meta loss; say so when either stops working.
 
-    After every epoch it evaluates the weight net over the losses seen in that epoch (their
-    5th to 95th percentiles) and records in ``history``:
+    After every epoch it evaluates the weight net over the losses seen so far (their 5th to
+    95th percentiles) and records in ``history``:
 
     * ``weight_fn_spread``: ``(max - min) / max`` of the weights over those losses (0: constant);
     * ``weight_fn_trend``: ``"decreasing"``, ``"increasing"``, ``"flat"`` or ``"non-monotonic"``;
@@ -71,13 +692,13 @@ class WeightMonitor(Callback):
 
     def initialize(self):
         self.flat_epochs_ = 0
-        self.best_meta_loss_ = np.inf
+        self.best_meta_loss_ = float("inf")
         self.best_meta_epoch_ = 0
         self.warned_ = set()
         return self
 
     def state_dict(self):
-        """What a resumed run needs to continue counting (see :class:`Checkpoint`)."""
+        """What a resumed run needs to continue counting (saved by :class:`Checkpoint`)."""
         return {"flat_epochs": self.flat_epochs_, "best_meta_loss": float(self.best_meta_loss_),
                 "best_meta_epoch": self.best_meta_epoch_, "warned": sorted(self.warned_)}
 
@@ -107,9 +728,10 @@ class WeightMonitor(Callback):
                 self._warn("collapse", (
                     f"the learned weighting function has been nearly constant for {self.flat_epochs_} "
                     f"epochs ({profile}), so every sample gets the same weight and Meta-Weight-Net "
-                    "trains like plain training. Try normalize_weights=True (the default), another "
-                    "meta_lr (e.g. 10x larger or smaller), and check that the meta set is clean and "
-                    "class-balanced; history['weight_fn_spread'] shows the spread per epoch."
+                    "trains like plain training. That is expected when the training labels are clean "
+                    "and balanced; otherwise try normalize_weights=True (the default), another meta_lr "
+                    "(e.g. 10x larger or smaller), and check that the meta set is clean and "
+                    "class-balanced. history[:, 'weight_fn_spread'] shows the spread per epoch."
                 ))
         meta_loss = history[-1].get("meta_loss")
         if self.meta_patience is not None and meta_loss is not None and np.isfinite(meta_loss):
@@ -122,8 +744,8 @@ class WeightMonitor(Callback):
                     f"the meta loss has not improved for {epoch - self.best_meta_epoch_} epochs (best "
                     f"{self.best_meta_loss_:.4g} at epoch {self.best_meta_epoch_}): the classifier "
                     "may be fitting the noise. Keep the best epoch with "
-                    "callbacks=[mwnet_sk.callbacks.MetaScoring()], train fewer epochs, or lower the "
-                    "learning rate earlier."
+                    "callbacks=[mwnet_sk.callbacks.MetaScoring()] (with train_on_meta=False), train "
+                    "fewer epochs, or lower the learning rate earlier."
                 ))
 
 
@@ -156,9 +778,9 @@ class MetaScoring(Callback):
 
     Examples
     --------
-    >>> from skorch import NeuralNetClassifier
+    >>> import numpy as np
     >>> from mwnet_sk.callbacks import MetaScoring
-    >>> scoring = MetaScoring(X_meta=[[0.0, 1.0]], y_meta=[1])  # with any skorch classifier
+    >>> keep_best = MetaScoring(X_meta=np.zeros((4, 2), np.float32), y_meta=[0, 1, 0, 1])
     """
 
     def __init__(self, X_meta=None, y_meta=None, scoring="accuracy", lower_is_better=False,
@@ -200,13 +822,14 @@ class MetaScoring(Callback):
         if best:
             self.best_score_, self.best_epoch_ = score, len(net.history)
             if self.keep_best:
-                self.best_state_ = {k: v.detach().to("cpu", copy=True) for k, v in net.module_.state_dict().items()}
+                module = _plain_module(net.module_)
+                self.best_state_ = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
         net.history.record(self.name, score)
         net.history.record(self.name + "_best", bool(best))
 
     def on_train_end(self, net, **kwargs):
         if self.keep_best and self.best_state_ is not None:
-            net.module_.load_state_dict(self.best_state_)
+            _plain_module(net.module_).load_state_dict(self.best_state_)
 
     def state_dict(self):
         return {"best_score": self.best_score_, "best_epoch": self.best_epoch_, "best_state": self.best_state_}
@@ -214,157 +837,3 @@ class MetaScoring(Callback):
     def load_state_dict(self, state):
         self.best_score_, self.best_epoch_ = state["best_score"], state["best_epoch"]
         self.best_state_ = state["best_state"]
-
-
-class Checkpoint(_SkorchCheckpoint):
-    """skorch's ``Checkpoint`` that also saves what a Meta-Weight-Net run needs to resume.
-
-    Besides the classifier, its optimizer, the criterion and the history, it saves the weight
-    net (``f_weight_net``), the meta optimizer (``f_meta_optimizer``) and the training state
-    (``f_training_state``: step counter, meta-batch position, the generators of the training
-    shuffle and meta sampling, torch's RNG states and the per-sample weights so far). Resumed
-    with :class:`LoadInitState`, a run ends bit-identical on CPU to an uninterrupted one.
-
-    Parameters
-    ----------
-    monitor : str, callable or None, default=None
-        When to save. None saves after every epoch (what resuming needs); skorch's
-        ``"valid_loss_best"`` etc. work when a validation split is used.
-    f_weight_net, f_meta_optimizer, f_training_state : str or None
-        File names (formatted like skorch's ``f_params``); None skips the part.
-    **kwargs
-        Everything skorch's ``Checkpoint`` takes (``dirname``, ``f_params``, ``f_history``, ...).
-
-    Examples
-    --------
-    >>> from mwnet_sk.callbacks import Checkpoint, LoadInitState
-    >>> cp = Checkpoint(dirname="run1")
-    >>> callbacks = [cp, LoadInitState(cp)]  # the same line starts and resumes the run
-    """
-
-    def __init__(
-        self,
-        monitor=None,
-        f_params="params.pt",
-        f_optimizer="optimizer.pt",
-        f_criterion="criterion.pt",
-        f_history="history.json",
-        f_weight_net="weight_net.pt",
-        f_meta_optimizer="meta_optimizer.pt",
-        f_training_state="training_state.pt",
-        f_pickle=None,
-        fn_prefix="",
-        dirname="",
-        event_name="event_cp",
-        sink=noop,
-        load_best=False,
-        use_safetensors=False,
-        **kwargs,
-    ):
-        super().__init__(
-            monitor=monitor,
-            f_params=f_params,
-            f_optimizer=f_optimizer,
-            f_criterion=f_criterion,
-            f_history=f_history,
-            f_pickle=f_pickle,
-            fn_prefix=fn_prefix,
-            dirname=dirname,
-            event_name=event_name,
-            sink=sink,
-            load_best=load_best,
-            use_safetensors=use_safetensors,
-            f_weight_net=f_weight_net,
-            f_meta_optimizer=f_meta_optimizer,
-            **kwargs,
-        )
-        self.f_training_state = f_training_state
-
-    def _f_kwargs(self):
-        # skorch hands every f_* to net.save_params, which only knows modules and optimizers.
-        kwargs = super()._f_kwargs()
-        kwargs.pop("f_training_state", None)
-        return kwargs
-
-    def training_state_file(self, net, idx=-1):
-        if self.f_training_state is None:
-            return None
-        return self._format_target(net, self.f_training_state, idx)
-
-    def save_model(self, net):
-        super().save_model(net)
-        path = self.training_state_file(net)
-        if path is None or not hasattr(net, "training_state_dict"):
-            return
-        # Written to a temporary file and renamed: an interruption mid-write never leaves a
-        # truncated state next to complete parameter files.
-        tmp = f"{path}.tmp"
-        torch.save(net.training_state_dict(), tmp)
-        os.replace(tmp, path)
-
-
-class LoadInitState(_SkorchLoadInitState):
-    """Restore a :class:`Checkpoint` when training begins, including the training state.
-
-    With ``resume=True`` (default) the run continues where the checkpoint stopped and trains
-    only the epochs still missing to reach ``max_epochs``, so the same script line both starts
-    and resumes a run. ``resume=False`` keeps skorch's behaviour (load, then train
-    ``max_epochs`` more epochs). The estimator restores this callback before any other
-    callback's ``on_train_begin``, so learning-rate schedulers see the restored history.
-
-    Parameters
-    ----------
-    checkpoint : Checkpoint
-        The checkpoint to restore from; nothing happens when its files do not exist yet.
-    resume : bool, default=True
-        Train only up to ``max_epochs`` epochs in total.
-    """
-
-    def __init__(self, checkpoint, resume=True, use_safetensors=False):
-        super().__init__(checkpoint, use_safetensors=use_safetensors)
-        self.resume = resume
-
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        if not self.did_load_:
-            self.restore(net)
-
-    def restore(self, net) -> bool:
-        """Load the checkpoint into ``net``; return whether one was found."""
-        self.did_load_ = True
-        history_file = getattr(self.checkpoint, "f_history_", None)
-        if history_file is not None and not os.path.exists(history_file):
-            return False
-        with suppress(FileNotFoundError):
-            net.load_params(checkpoint=self.checkpoint, use_safetensors=self.use_safetensors)
-            state_file = None
-            if isinstance(self.checkpoint, Checkpoint):
-                idx = _last_checkpoint_index(net, self.checkpoint)
-                state_file = self.checkpoint.training_state_file(net, idx)
-            if state_file is not None and os.path.exists(state_file) and hasattr(net, "load_training_state_dict"):
-                state = torch.load(state_file, map_location="cpu", weights_only=True)
-                net.load_training_state_dict(state)
-            if self.resume:
-                net.resume_from_epoch_ = len(net.history)
-            return True
-        return False
-
-
-def _last_checkpoint_index(net, checkpoint):
-    idx = -1
-    if checkpoint.event_name is not None and net.history:
-        for i, saved in enumerate(net.history[:, checkpoint.event_name]):
-            if saved:
-                idx = i
-    return idx
-
-
-class FinitePassthroughScoring(PassthroughScoring):
-    """skorch's ``PassthroughScoring`` that ignores batches skipped for non-finite values."""
-
-    def get_avg_score(self, history):
-        key = "train_batch_size" if self.on_train else "valid_batch_size"
-        weights, scores = map(np.asarray, zip(*history[-1, "batches", :, [key, self.name]]))
-        finite = np.isfinite(scores)
-        if not finite.any():
-            return float("nan")
-        return float(np.average(scores[finite], weights=weights[finite]))

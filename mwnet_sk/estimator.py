@@ -3,49 +3,21 @@
 from __future__ import annotations
 
 import copy
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import torch
-from skorch import NeuralNetClassifier
-from skorch.callbacks import EpochScoring, EpochTimer, PassthroughScoring, PrintLog
-from skorch.utils import TeeGenerator, to_device
-from sklearn.exceptions import NotFittedError
-from sklearn.utils import check_random_state
-from torch.utils.data import DataLoader
 
-from ._data import (
-    INDEX_KEY,
-    INPUT_KEY,
-    ArrayDataset,
-    BatchIterator,
-    MetaSampler,
-    _as_tensor,
-    check_batch_size,
-    check_sample_shape,
-    is_array_like,
-    prepare_fit_data,
-)
-from .core.bilevel import META_GRADIENTS, PRECISIONS, BilevelStep, NonFiniteError
-from .callbacks import FinitePassthroughScoring, LoadInitState, WeightMonitor
+from ._base import MetaSetClassifier, TrainingDivergedError, _has_batchnorm, _plain
+from ._validation import parameter_constraints
+from .callbacks import WeightMonitor
+from .core.bilevel import META_GRADIENTS, PRECISIONS, BilevelStep
 from .core.weight_net import WeightFunction, WeightNet
 
 __all__ = ["MetaWeightClassifier", "TrainingDivergedError"]
 
 
-
-class TrainingDivergedError(FloatingPointError):
-    """A loss, weight or gradient became NaN/inf; the message names the epoch and batch."""
-
-
-def _encoded_accuracy(net, X, y):
-    """Accuracy on the encoded labels the internal validation batches carry."""
-    y_pred = net.predict_proba(X).argmax(axis=1)
-    y_true = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y).ravel()
-    return float(np.mean(y_pred == y_true))
-
-
-class MetaWeightClassifier(NeuralNetClassifier):
+class MetaWeightClassifier(MetaSetClassifier):
     """Meta-Weight-Net (Shu et al., NeurIPS 2019) for classification with biased training data.
 
     Trains any PyTorch classifier on noisy or imbalanced data while learning, from a small
@@ -57,31 +29,45 @@ class MetaWeightClassifier(NeuralNetClassifier):
     with first-order quantities only (Eq. 6, one forward-mode JVP), without the second-order
     graph of the paper's code.
 
+    The defaults differ from the paper in two settings chosen by a robustness study (see
+    the "Choosing a method" page): the weights are normalised by their batch sum
+    (``normalize_weights=True``, as in the authors' 2019 scripts) and the clean meta rows are
+    trained on too (``train_on_meta=True``). ``normalize_weights=False, train_on_meta=False``
+    is Eq. 1 of the paper with the meta set held out.
+
     Parameters
     ----------
     module : torch.nn.Module class or instance
-        The classifier; it must return logits. Constructor arguments route with
-        ``module__name=value``. An instance is copied at initialisation, so refits and
-        clones start from the weights you passed, never from trained ones.
-    criterion : loss class, default=torch.nn.CrossEntropyLoss
-        Per-sample loss on logits. It is built with ``reduction="none"``.
+        The classifier; it must return logits (one per class). Constructor arguments route
+        with ``module__name=value``. An instance is copied at initialisation, so refits and
+        clones start from the weights you passed, never from trained ones. A dict input X
+        is passed as keyword arguments (``module(**x)``).
+    criterion : loss class or instance, default=torch.nn.CrossEntropyLoss
+        Per-sample loss on logits; it is built with ``reduction="none"``. A plain function is
+        refused (wrap it in an ``nn.Module``).
     optimizer : torch optimizer class, default=torch.optim.SGD
         Classifier optimizer; ``optimizer__*`` routes to it and ``lr`` is its learning rate.
-        Its current learning rate (per parameter group) is the step size α of the virtual
-        step, so learning-rate schedules (e.g. skorch's ``LRScheduler``) apply to both.
+        It trains the classifier's and the criterion's parameters. Its current learning rate
+        (per parameter group) is the step size α of the virtual step, so learning-rate
+        schedules apply to both. Closure optimizers (LBFGS) are supported: the closure
+        re-evaluates Eq. 5's objective (weights fixed) at the moved weights.
     lr : float, default=0.01
         Classifier learning rate.
     meta_lr : float, default=1e-3
-        Learning rate of the weight-net optimizer (β in Eq. 4; 1e-3 for noisy labels and
-        1e-5 for class imbalance in the paper).
+        Learning rate of the weight-net optimizer (β in Eq. 4). 0 freezes the weighting
+        function (e.g. a transferred ``weight_function_``); ``meta`` is then optional.
     meta_optimizer : torch optimizer class, default=torch.optim.Adam
-        Optimizer of the weight net; ``meta_optimizer__*`` routes to it. Its weight decay
-        defaults to 1e-4 as in the paper's code (``meta_optimizer__weight_decay``).
+        Optimizer of the weight net; ``meta_optimizer__*`` routes to it. The default Adam
+        gets weight decay 1e-4 (the authors' ``MW-Net.py``); any other optimizer gets only
+        what you pass (``meta_optimizer__weight_decay``).
     meta_batch_size : int or None, default=None
         Meta batch size m; None means ``batch_size``.
-    weight_net : torch.nn.Module class or instance, default=WeightNet
+    weight_net : torch.nn.Module class or instance, or WeightFunction, default=WeightNet
         The weighting function; ``weight_net__hidden_size`` etc. route to it. A custom module
-        must map a ``(n, 1)`` tensor of losses to ``(n, 1)`` weights.
+        must map a ``(n, 1)`` tensor of losses to ``(n, 1)`` weights in [0, 1] (checked at
+        initialisation); one with ``uses_labels = True`` gets the labels too
+        (``weight_net(losses, labels)``, e.g. :class:`~mwnet_sk.core.weight_net.ClassAwareWeightNet`).
+        A fitted ``WeightFunction`` starts from what another fit learned.
     meta_gradient : {"exact", "unrolled", "finite_difference"}, default="exact"
         ``"exact"``: first-order Eq. 6 with one JVP (fast, equal to ``"unrolled"`` up to
         float rounding); ``"unrolled"``: differentiate through the virtual step with a
@@ -90,39 +76,46 @@ class MetaWeightClassifier(NeuralNetClassifier):
     meta_interval : int, default=1
         Update the weight net every ``meta_interval`` steps (the classifier steps every
         step with the current weights). 1 is the paper.
+    warmup_epochs : int, default=0
+        Train plainly (every weight 1, the weight net untouched) for this many epochs first.
+        0 is the paper.
     meta_params : "all", "last" or list of str, default="all"
         Parameters that take the virtual step. ``"last"`` restricts the virtual step and the
         meta-gradient to the last layer (a FaMUS-like approximation); "all" is the paper.
-    normalize_weights : bool, default=False
-        Divide the weighted loss by the sum of the weights instead of the batch size.
-    train_on_meta : bool, default=False
-        Also train on the meta rows (weighted by the weight net like every training row):
-        a mask's rows stay in the training set, a separate meta set's rows are appended to it.
-        False is the paper (the meta set is held out of training).
+        Frozen parameters (``requires_grad=False``, e.g. by skorch's ``Freezer``) never do.
+    normalize_weights : bool, default=True
+        Divide the weighted loss by the sum of the weights (the authors' 2019 scripts) instead
+        of the batch size (Eq. 1). Without it the weight net can raise every weight at once
+        and flatten into a constant (see the "Choosing a method" page).
     detach_weight_input : bool, default=True
         Feed the weight net the detached loss in the virtual step (Eq. 3 as written, and the
         authors' noisy-label scripts). False lets the virtual step's gradient flow through the
         weight net's input too, as the authors' 2019 class-imbalance script does.
+    train_on_meta : bool, default=True
+        Also train on the meta rows (weighted by the weight net like every training row): a
+        mask's rows stay in the training set, a separate meta set's rows are appended to it.
+        False is the paper (the meta set is held out of training).
     fast_jvp : bool, default=True
         With ``meta_gradient="exact"``: reuse the real forward's convolution and pooling
-        outputs in the JVP and use a fused batch-norm tangent rule (exact either way; about
-        half the JVP's cost on a CPU, see the performance page). False uses torch's generic
-        forward-mode AD.
+        outputs in the JVP and use a fused batch-norm tangent rule (exact either way).
     random_state : int, RandomState instance or None, default=None
         Fixes the initialisation of both networks, the shuffling of the training data and the
         meta sampling. It seeds torch's global generator at initialisation (dropout and user
         modules draw from it), so an int gives the same fit on CPU every time.
     nan_policy : {"raise", "skip"}, default="raise"
         What to do when a loss, weight or gradient is NaN/inf: raise
-        :class:`TrainingDivergedError` naming the epoch and batch, or skip the batch (no
-        parameter is written).
+        :class:`TrainingDivergedError` naming the epoch and batch, or skip the batch. Either
+        way the batch leaves no trace (parameters, BatchNorm statistics, both optimizers and
+        the weight net are as before it); an epoch in which every batch is skipped raises.
     record_weights : bool, default=False
-        Keep the weight of every training sample after every epoch in
+        Keep the weight of every training row after every epoch in
         ``sample_weights_history_`` (for the weight-variation plots, Fig. 6).
     batch_transform : torch.nn.Module or None, default=None
         Applied on the device to every input batch (train, meta, and prediction), in train
         mode during training and eval mode for prediction: e.g.
         :class:`mwnet_sk.augment.BatchAugment` for GPU crop/flip/normalisation of uint8 images.
+        With a batch transform, integer inputs are kept as they are (the transform scales
+        them); without one they become float32.
     data_on_device : bool, default=False
         For array inputs, keep the whole training and meta arrays on ``device`` and slice
         batches there (no host-to-device copies, no per-sample Python).
@@ -132,15 +125,16 @@ class MetaWeightClassifier(NeuralNetClassifier):
         Convert the classifier and 4-d image batches to ``torch.channels_last``.
     iterator_meta__num_workers : int, optional
         For a meta set given as a torch Dataset: DataLoader worker processes that load and
-        prefetch meta batches. Any other DataLoader option routes the same way, e.g.
-        ``iterator_meta__pin_memory=True``. The meta batches drawn are the same either way.
+        prefetch meta batches (ended when ``fit`` ends). Any other DataLoader option routes
+        the same way, e.g. ``iterator_meta__pin_memory=True``. The meta batches drawn are the
+        same either way.
     train_split : callable or None, default=None
         skorch's internal validation split. None (the default) trains on every training row,
         as the paper does; pass e.g. ``skorch.dataset.ValidSplit(5, stratified=True)`` to
         monitor a held-out part of the (biased) training data.
     **kwargs
         Everything else skorch's ``NeuralNetClassifier`` accepts (``max_epochs``,
-        ``batch_size``, ``device``, ``callbacks``, ``iterator_train__*``, ...).
+        ``batch_size``, ``device``, ``callbacks``, ``iterator_train__*``, ``compile``, ...).
 
     Attributes
     ----------
@@ -149,23 +143,49 @@ class MetaWeightClassifier(NeuralNetClassifier):
     weight_net_ : torch.nn.Module
         The trained weight net (on ``device``).
     optimizer_, meta_optimizer_ : torch.optim.Optimizer
-        The two optimizers.
+        The two optimizers (``meta_optimizer_`` is None for a frozen weight net without
+        parameters).
     classes_ : ndarray of shape (n_classes,)
         Class labels, in the order of the classifier's outputs.
     weight_function_ : WeightFunction
-        A picklable CPU copy of the learned loss-to-weight map.
+        A picklable CPU copy of the learned loss-to-weight map;
+        ``weight_function_.profile()`` summarises it in one line.
     sample_weights_ : ndarray of shape (n_rows,)
-        The weight each row of X got at its last visit; NaN for meta rows and rows never
-        trained on (e.g. held out by ``train_split``).
+        The weight each row of X got at its last visit; NaN for rows never trained on (held
+        out meta rows, rows held out by ``train_split``).
     sample_losses_ : ndarray of shape (n_rows,)
         The training loss of each row at its last visit (NaN likewise).
+    meta_sample_weights_, meta_sample_losses_ : ndarray of shape (n_meta,)
+        Only when a separate meta set (pair or Dataset) is trained on: its rows' weights and
+        losses.
     sample_weights_history_ : ndarray of shape (n_epochs, n_rows)
         Only with ``record_weights=True``: ``sample_weights_`` after each epoch.
     n_steps_ : int
         Training steps taken so far (the weight net is updated on steps where
         ``n_steps_ % meta_interval == 0``).
+    training_state_ : TrainingState
+        Everything beyond parameters that shapes the next step (saved whole by
+        :class:`mwnet_sk.callbacks.Checkpoint`).
+    n_features_in_ : int
+        Number of features of 2-d array input.
+    feature_names_in_ : ndarray of str
+        Column names of a DataFrame X (a predict with other columns is refused).
     history_ : skorch History
-        Per epoch: ``train_loss`` (weighted), ``meta_loss``, ``weight_mean``, ``weight_std``.
+        Per epoch: ``train_loss`` (weighted), ``meta_loss``, ``weight_mean``, ``weight_std``,
+        and the weighting function's ``weight_fn_spread`` / ``weight_fn_trend`` (see
+        :class:`~mwnet_sk.callbacks.WeightMonitor`).
+
+    Notes
+    -----
+    Differences from skorch's ``NeuralNetClassifier``, by design: the criterion must give
+    per-sample losses on logits; fit parameters reach ``train_split`` but never
+    ``module.forward`` (refused with a ``TypeError``); sparse input is refused; the weight net
+    is a registered module (saved with ``f_weight_net``); overriding ``get_loss`` or ``infer``
+    changes validation and prediction but not the bilevel step, which computes its own losses;
+    skorch's own ``Checkpoint``/``LoadInitState``/``TrainEndCheckpoint`` are refused (they would
+    save or restore only part of a run: use :mod:`mwnet_sk.callbacks`); with
+    ``train_split=None`` there is no ``valid_loss``, so monitor ``"meta_loss"`` (e.g.
+    ``EarlyStopping(monitor="meta_loss")``) or pass a ``train_split``.
 
     Examples
     --------
@@ -185,12 +205,9 @@ class MetaWeightClassifier(NeuralNetClassifier):
     True
     """
 
-    # iterator_meta__* routes to the DataLoader that loads meta batches from a Dataset.
-    prefixes_ = NeuralNetClassifier.prefixes_ + ["iterator_meta"]
-
-    # weight_net_, meta_optimizer_ and batch_transform_ are created inside skorch's
-    # initialize_* contexts, so skorch registers them (prefix routing, device moves,
-    # CUDA-safe pickling) exactly like module_ and optimizer_.
+    _auxiliary_modules = ("weight_net", "batch_transform")
+    _fit_attributes = MetaSetClassifier._fit_attributes + ("weight_function_",)
+    _parameter_constraints = parameter_constraints(META_GRADIENTS, PRECISIONS, ("raise", "skip"))
 
     def __init__(
         self,
@@ -204,10 +221,11 @@ class MetaWeightClassifier(NeuralNetClassifier):
         weight_net=WeightNet,
         meta_gradient="exact",
         meta_interval=1,
+        warmup_epochs=0,
         meta_params="all",
-        normalize_weights=False,
+        normalize_weights=True,
         detach_weight_input=True,
-        train_on_meta=False,
+        train_on_meta=True,
         fast_jvp=True,
         random_state=None,
         nan_policy="raise",
@@ -224,142 +242,97 @@ class MetaWeightClassifier(NeuralNetClassifier):
         self.weight_net = weight_net
         self.meta_gradient = meta_gradient
         self.meta_interval = meta_interval
+        self.warmup_epochs = warmup_epochs
         self.meta_params = meta_params
         self.normalize_weights = normalize_weights
         self.detach_weight_input = detach_weight_input
-        self.train_on_meta = train_on_meta
         self.fast_jvp = fast_jvp
-        self.random_state = random_state
-        self.nan_policy = nan_policy
         self.record_weights = record_weights
-        self.batch_transform = batch_transform
-        self.data_on_device = data_on_device
-        self.precision = precision
-        self.channels_last = channels_last
-        # skorch's __init__ comes last: once the net exists, skorch treats any torch component
-        # assigned to it (e.g. a WeightNet instance passed as weight_net) as a fitted one.
-        super().__init__(module, criterion=criterion, train_split=train_split, **kwargs)
+        super().__init__(
+            module,
+            criterion=criterion,
+            train_split=train_split,
+            train_on_meta=train_on_meta,
+            random_state=random_state,
+            nan_policy=nan_policy,
+            batch_transform=batch_transform,
+            data_on_device=data_on_device,
+            precision=precision,
+            channels_last=channels_last,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ callbacks & params
     @property
     def _default_callbacks(self):
-        return [
-            ("epoch_timer", EpochTimer()),
-            ("train_loss", FinitePassthroughScoring(name="train_loss", on_train=True)),
-            ("valid_loss", PassthroughScoring(name="valid_loss")),
-            ("valid_acc", EpochScoring(_encoded_accuracy, name="valid_acc", lower_is_better=False)),
-            ("weight_monitor", WeightMonitor()),
-            ("print_log", PrintLog(keys_ignored=["weight_collapsed", "meta_stalled", "meta_score_best"])),
-        ]
+        callbacks = super()._default_callbacks
+        return callbacks[:-1] + [("weight_monitor", WeightMonitor())] + callbacks[-1:]
 
-    def get_params(self, deep=True, **kwargs):
-        params = super().get_params(deep=deep, **kwargs)
-        # skorch's bookkeeping set, rebuilt by __init__ from the keyword arguments; as a
-        # "parameter" it would be cloned and set like one.
-        params.pop("_params_to_validate", None)
-        return params
-
-    def _check_hyperparameters(self):
-        def positive_finite(name, value):
-            if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-
-        positive_finite("lr", self.lr)
-        positive_finite("meta_lr", self.meta_lr)
-        for key in ("optimizer__lr", "meta_optimizer__lr"):
-            if key in vars(self):
-                positive_finite(key, vars(self)[key])
-        if self.meta_gradient not in META_GRADIENTS:
-            raise ValueError(f"meta_gradient must be one of {META_GRADIENTS}, got {self.meta_gradient!r}")
-        if not isinstance(self.meta_interval, Integral) or isinstance(self.meta_interval, bool) or self.meta_interval < 1:
-            raise ValueError(f"meta_interval must be an integer >= 1, got {self.meta_interval!r}")
-        if self.nan_policy not in ("raise", "skip"):
-            raise ValueError(f"nan_policy must be 'raise' or 'skip', got {self.nan_policy!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        check_batch_size(self.batch_size, "batch_size")
-        if self.meta_batch_size is not None:
-            check_batch_size(self.meta_batch_size, "meta_batch_size")
-        if not isinstance(self.max_epochs, Integral) or self.max_epochs < 0:
-            raise ValueError(f"max_epochs must be a non-negative integer, got {self.max_epochs!r}")
+    def _meta_required(self) -> bool:
+        return not (isinstance(self.meta_lr, Real) and self.meta_lr == 0)
 
     # ------------------------------------------------------------------ initialisation
-    def _base_seed(self):
-        if self.random_state is None:
-            return int(torch.randint(0, 2**31 - 1, (1,)).item())
-        return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
-
-    def initialize(self):
-        """Initialise every component (seeding them from ``random_state``) and return self."""
-        self._check_hyperparameters()
-        self.seed_ = self._base_seed()
-        if self.random_state is not None:
-            torch.manual_seed(self.seed_)
-        self.n_steps_ = 0
-        # A fresh fit forgets where the previous one stopped.
-        for name in ("train_generator_state_", "meta_sampler_state_", "sample_weights_", "sample_losses_",
-                     "resume_from_epoch_", "sample_weights_history_", "input_shape_", "n_features_in_",
-                     "meta_sample_weights_", "meta_sample_losses_", "n_rows_"):
-            vars(self).pop(name, None)
-        super().initialize()
-        return self
-
     def initialize_module(self):
-        """Build the classifier, the weight net and the batch transform (copies of instances)."""
-        kwargs = self.get_params_for("module")
-        module = self.module
-        if isinstance(module, torch.nn.Module) and not kwargs:
-            module = copy.deepcopy(module)
-        self.module_ = self.initialized_instance(module, kwargs)
-        if self.channels_last:
-            self.module_ = self.module_.to(memory_format=torch.channels_last)
-
-        wkwargs = self.get_params_for("weight_net")
+        """Build the classifier, the weight net (checked) and the batch transform."""
+        super().initialize_module()
+        kwargs = self.get_params_for("weight_net")
         weight_net = self.weight_net
-        if isinstance(weight_net, torch.nn.Module) and not wkwargs:
-            weight_net = copy.deepcopy(weight_net)
-        self.weight_net_ = self.initialized_instance(weight_net, wkwargs)
-
-        if self.batch_transform is not None:
-            tkwargs = self.get_params_for("batch_transform")
-            transform = self.batch_transform
-            if isinstance(transform, torch.nn.Module) and not tkwargs:
-                transform = copy.deepcopy(transform)
-            self.batch_transform_ = self.initialized_instance(transform, tkwargs)
+        if isinstance(weight_net, WeightFunction):
+            if kwargs:
+                raise ValueError("weight_net__* parameters cannot rebuild a fitted WeightFunction")
+            weight_net = copy.deepcopy(weight_net.weight_net)
+            for p in weight_net.parameters():
+                p.requires_grad_(True)
+            self.weight_net_ = weight_net.train()
+        else:
+            self.weight_net_ = self._instance("weight_net")
+        self._check_weight_net(self.weight_net_)
         return self
 
-    def initialize_criterion(self):
-        """The criterion, forced to per-sample losses (``reduction="none"``)."""
-        kwargs = self.get_params_for("criterion")
-        if kwargs.get("reduction", "none") != "none":
-            raise ValueError("MetaWeightClassifier weights per-sample losses; criterion__reduction must be 'none'")
-        criterion = self.criterion
-        if isinstance(criterion, torch.nn.Module) and not kwargs:
-            # keep the instance's own settings (label smoothing, class weights, ...)
-            criterion = copy.deepcopy(criterion)
-            if hasattr(criterion, "reduction"):
-                criterion.reduction = "none"
-            self.criterion_ = criterion
-            return self
-        if isinstance(criterion, torch.nn.Module):
-            criterion = type(criterion)
+    def _check_weight_net(self, net):
+        """The weight-net contract: (n, 1) losses -> (n, 1) weights in [0, 1], with parameters
+        to learn (unless ``meta_lr=0``)."""
+        name = type(net).__name__
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(f"weight_net must build a torch.nn.Module, got {name}")
+        params = [p for p in net.parameters() if p.requires_grad]
+        if not params and self._meta_required():
+            raise ValueError(
+                f"the weight net {name} has no trainable parameters, so there is nothing to learn; "
+                "give it parameters, or pass meta_lr=0 to use it as a fixed weighting function"
+            )
+        dtype = params[0].dtype if params else torch.float32
+        probe = torch.tensor([[0.0], [0.5], [2.0], [8.0]], dtype=dtype)
+        was_training = net.training
+        net.eval()
         try:
-            self.criterion_ = criterion(**{**kwargs, "reduction": "none"})
-        except TypeError:
-            # a criterion without a reduction argument must return per-sample losses itself;
-            # the bilevel step checks the shape and says so otherwise
-            self.criterion_ = criterion(**kwargs)
-        return self
+            with torch.no_grad():
+                out = net(probe, torch.zeros(4, dtype=torch.long)) if getattr(net, "uses_labels", False) else net(probe)
+        finally:
+            net.train(was_training)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (4, 1):
+            raise ValueError(
+                f"the weight net {name} must map a (n, 1) tensor of losses to (n, 1) weights; for n=4 it "
+                f"returned {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+            )
+        if not bool(torch.isfinite(out).all()) or float(out.min()) < 0 or float(out.max()) > 1:
+            raise ValueError(
+                f"the weight net {name} must return weights in [0, 1] (e.g. end with a sigmoid); for losses "
+                f"0, 0.5, 2, 8 it returned {out.reshape(-1).tolist()}"
+            )
 
     def initialize_optimizer(self, triggered_directly=None):
-        """The classifier optimizer (classifier parameters only) and the meta optimizer."""
-        args, kwargs = self.get_params_for_optimizer("optimizer", self.module_.named_parameters())
-        self.optimizer_ = self.optimizer(*args, **kwargs)
-
-        margs, mkwargs = self.get_params_for_optimizer("meta_optimizer", self.weight_net_.named_parameters())
+        """The classifier optimizer (classifier and criterion parameters) and the meta optimizer."""
+        super().initialize_optimizer(triggered_directly)
+        params = [(n, p) for n, p in self.weight_net_.named_parameters() if p.requires_grad]
+        if not params:
+            self.meta_optimizer_ = None
+            return self
+        margs, mkwargs = self.get_params_for_optimizer("meta_optimizer", params)
         if "lr" not in self.get_params_for("meta_optimizer"):
             mkwargs["lr"] = self.meta_lr
-        mkwargs.setdefault("weight_decay", 1e-4)
+        if self.meta_optimizer is torch.optim.Adam:
+            mkwargs.setdefault("weight_decay", 1e-4)  # the default's, as in the authors' MW-Net.py
         self.meta_optimizer_ = self.meta_optimizer(*margs, **mkwargs)
         return self
 
@@ -370,409 +343,185 @@ class MetaWeightClassifier(NeuralNetClassifier):
 
     def _set_meta_lr(self, _param, value):
         self.meta_lr = value
-        for group in self.meta_optimizer_.param_groups:
-            group["lr"] = value
+        if self.meta_optimizer_ is not None:
+            for group in self.meta_optimizer_.param_groups:
+                group["lr"] = value
 
-    # ------------------------------------------------------------------ data
-    def check_data(self, X, y):
-        # Labels are validated and encoded in fit; classes_ must not be re-inferred from codes.
-        pass
+    # ------------------------------------------------------------------ training
+    def _meta_batch_size(self, data):
+        size = self.meta_batch_size or self.batch_size
+        return len(data.meta) if size == -1 else size
 
-    @property
-    def classes_(self):
-        if self.classes is not None:
-            return np.asarray(self.classes)
-        try:
-            return self.classes_inferred_
-        except AttributeError as exc:
-            raise AttributeError("MetaWeightClassifier has no attribute 'classes_' before fit") from exc
-
-    def get_dataset(self, X, y=None):
-        """Arrays and tensors become an in-memory dataset that is batched by tensor indexing."""
-        if isinstance(X, torch.utils.data.Dataset) or not is_array_like(X):
-            return super().get_dataset(X, y)
-        X = _as_tensor(X, "X")
-        check_sample_shape(tuple(X.shape[1:]), getattr(self, "input_shape_", None), type(self).__name__)
-        return ArrayDataset(X)
-
-    def get_iterator(self, dataset, training=False):
-        """Tensor-indexed batches for in-memory data, skorch's DataLoader for anything else."""
-        prefix = "iterator_train" if training else "iterator_valid"
-        kwargs = self.get_params_for(prefix)
-        iterator = self.iterator_train if training else self.iterator_valid
-        batch_size = kwargs.pop("batch_size", self.batch_size)
-        shuffle = kwargs.pop("shuffle", training)
-        if iterator is DataLoader and not kwargs and BatchIterator.supports(dataset):
-            generator = self.train_generator_ if training else None
-            return BatchIterator(dataset, batch_size, shuffle=shuffle, generator=generator)
-        if iterator is DataLoader and training and "generator" not in kwargs:
-            kwargs["generator"] = self.train_generator_
-        return iterator(dataset, batch_size=batch_size if batch_size != -1 else len(dataset), shuffle=shuffle, **kwargs)
-
-    def _device_input(self, x, training):
-        x = to_device(x, self.device)
-        if self.batch_transform is not None:
-            self.batch_transform_.train(training)
-            x = self.batch_transform_(x)
-        if self.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def infer(self, x, **fit_params):
-        if isinstance(x, dict) and INDEX_KEY in x:
-            x = x[INPUT_KEY]
-        x = self._device_input(x, training=self.module_.training)
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return self.module_(x, **fit_params)
-        with torch.autocast(device_type=torch.device(self.device).type, dtype=dtype):
-            return self.module_(x, **fit_params).float()
-
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        y_true = to_device(torch.as_tensor(y_true), self.device)
-        loss = self.criterion_(y_pred, y_true)
-        return loss.mean() if loss.ndim else loss
-
-    # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None, meta=None, **fit_params):
-        """Initialise and train with the Meta-Weight-Net loop.
-
-        Parameters
-        ----------
-        X : array-like, tensor or torch Dataset
-            Training inputs (biased: noisy labels or class imbalance). A Dataset yields
-            ``(x, y)`` pairs; its labels are read from ``y``, its ``targets`` attribute, or
-            one pass over it.
-        y : array-like of shape (n_samples,) or None
-            Training labels of any kind scikit-learn accepts; None when X is a Dataset.
-        meta : tuple, Dataset, or array-like
-            The clean, balanced meta set: a pair ``(X_meta, y_meta)``; a torch Dataset of
-            ``(x, y)``; or a boolean mask / integer index array over the rows of X (those rows
-            are the meta set and are not trained on). The mask form survives ``Pipeline``
-            preprocessing and cross-validation splitting.
-        **fit_params
-            Passed on to skorch (``train_split`` parameters).
-
-        Returns
-        -------
-        self
-        """
-        fresh = not self.warm_start or not self.initialized_
-        data = self._prepare_data(X, y, meta, fresh=fresh)  # bad input fails before anything is built
-        if fresh:
-            self.initialize()
-        return self._train(data, "fit", fit_params)
-
-    def partial_fit(self, X, y=None, classes=None, meta=None, **fit_params):
-        """Continue training for ``max_epochs`` epochs without re-initialising.
-
-        Same arguments as :meth:`fit`; ``classes`` may list every label up front (labels are
-        otherwise fixed by the first call).
-        """
-        data = self._prepare_data(X, y, meta, fresh=not self.initialized_, classes=classes)
-        if not self.initialized_:
-            self.initialize()
-        return self._train(data, "partial_fit", fit_params)
-
-    def _prepare_data(self, X, y, meta, *, fresh, classes=None):
-        self._check_hyperparameters()
-        known = classes
-        if known is None and not fresh and hasattr(self, "classes_inferred_"):
-            known = self.classes_inferred_
-        if self.classes is not None:
-            known = np.asarray(self.classes)
-        data = prepare_fit_data(X, y, meta, classes=known, train_on_meta=self.train_on_meta)
-        if not fresh:
-            check_sample_shape(data.sample_shape, getattr(self, "input_shape_", None), type(self).__name__)
-        return data
-
-    def _train(self, data, routing_method, fit_params):
-        self.classes_inferred_ = data.classes
-        self.input_shape_ = data.sample_shape
-        if data.sample_shape is not None and len(data.sample_shape) == 1:
-            self.n_features_in_ = data.sample_shape[0]
-        self._begin_training(data)
-        try:
-            # Checkpoints are restored before any callback's on_train_begin, so that e.g. an
-            # LRScheduler builds its schedule from the restored history and optimizer.
-            for _, callback in self.callbacks_:
-                if isinstance(callback, LoadInitState) and not callback.did_load_:
-                    callback.restore(self)
-            super().partial_fit(data.train, data.y_train, _routing_method=routing_method, **fit_params)
-        finally:
-            self._end_training()
-        return self
-
-    def fit_loop(self, X, y=None, epochs=None, **fit_params):
-        """skorch's loop; after a resumed checkpoint, only the epochs missing to ``max_epochs``."""
-        resumed = vars(self).pop("resume_from_epoch_", None)
-        if epochs is None and resumed is not None:
-            epochs = max(self.max_epochs - resumed, 0)
-        return super().fit_loop(X, y, epochs=epochs, **fit_params)
-
-    def training_state_dict(self) -> dict:
-        """Everything beyond parameters and history that a resumed run needs (tensors and ints,
-        loadable with ``torch.load(..., weights_only=True)``)."""
-        live = hasattr(self, "meta_sampler_")
-        state = {
-            "n_steps": int(self.n_steps_),
-            "seed": int(self.seed_),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "train_generator": self.train_generator_.get_state() if live else self.train_generator_state_,
-            "meta_sampler": self.meta_sampler_.state_dict() if live else self.meta_sampler_state_,
-            "sample_weights": self.sample_weight_buffer_.cpu() if live else self._all_samples("weights"),
-            "sample_losses": self.sample_loss_buffer_.cpu() if live else self._all_samples("losses"),
+    def _meta_source(self, data) -> dict:
+        if data.meta is None or not self._meta_required():
+            return {}
+        return {
+            "meta_source": data.meta,
+            "meta_batch_size": self._meta_batch_size(data),
+            "loader_kwargs": self.get_params_for("iterator_meta"),
+            "merge_single": _has_batchnorm(self.module_),
         }
-        history = getattr(self, "sample_weights_history_", None)
-        if history is not None:
-            state["sample_weights_history"] = torch.from_numpy(np.ascontiguousarray(history))
-        return state
 
-    def _all_samples(self, kind):
-        """X's rows and, when trained on beside them, the meta rows: one float32 tensor."""
-        parts = [getattr(self, f"sample_{kind}_"), getattr(self, f"meta_sample_{kind}_", np.empty(0))]
-        return torch.as_tensor(np.concatenate(parts), dtype=torch.float32)
-
-    def load_training_state_dict(self, state: dict):
-        """Restore :meth:`training_state_dict` output (during training, into the live run)."""
-        n_rows = len(state["sample_weights"])
-        if hasattr(self, "sample_weight_buffer_") and len(self.sample_weight_buffer_) != n_rows:
-            raise ValueError(
-                f"the checkpoint was made with {n_rows} training rows but this fit has "
-                f"{len(self.sample_weight_buffer_)}: resume with the same data"
-            )
-        self.n_steps_ = int(state["n_steps"])
-        self.seed_ = int(state["seed"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        if hasattr(self, "meta_sampler_"):
-            self.train_generator_.set_state(state["train_generator"])
-            self.meta_sampler_.load_state_dict(state["meta_sampler"])
-            self.sample_weight_buffer_.copy_(state["sample_weights"])
-            self.sample_loss_buffer_.copy_(state["sample_losses"])
-        else:
-            self.train_generator_state_ = state["train_generator"]
-            self.meta_sampler_state_ = state["meta_sampler"]
-            weights = state["sample_weights"].numpy().astype(np.float64)
-            losses = state["sample_losses"].numpy().astype(np.float64)
-            n_rows = getattr(self, "n_rows_", len(weights))
-            self.sample_weights_, self.sample_losses_ = weights[:n_rows], losses[:n_rows]
-            if len(weights) > n_rows:
-                self.meta_sample_weights_, self.meta_sample_losses_ = weights[n_rows:], losses[n_rows:]
-        if "sample_weights_history" in state:
-            self.sample_weights_history_ = state["sample_weights_history"].numpy()
-        return self
+    def _check_components(self, data):
+        super()._check_components(data)
+        if _has_batchnorm(self.module_):
+            if self.batch_size == 1:
+                raise ValueError("batch_size=1 cannot train a module with BatchNorm (it cannot normalise one "
+                                 "sample in training mode): use batch_size >= 2")
+            if data.meta is not None and self._meta_required():
+                if len(data.meta) == 1:
+                    raise ValueError("the meta set has 1 row, but the module has BatchNorm, which needs meta "
+                                     "batches of at least 2 rows: use a larger meta set")
+                if self._meta_batch_size(data) == 1:
+                    raise ValueError("meta_batch_size=1 cannot evaluate a module with BatchNorm in training mode: "
+                                     "use meta_batch_size >= 2")
 
     def _begin_training(self, data):
-        device = torch.device(self.device)
-        seed = self.seed_ + 7919 * len(self.history)
-        self.train_generator_ = torch.Generator().manual_seed(seed + 1)
-        if getattr(self, "train_generator_state_", None) is not None:
-            self.train_generator_.set_state(self.train_generator_state_)
-        if self.data_on_device:
-            for ds in (data.train, data.meta):
-                if isinstance(ds, ArrayDataset):
-                    ds.to(device)
-        meta_batch_size = self.meta_batch_size or self.batch_size
-        if meta_batch_size == -1:
-            meta_batch_size = len(data.meta)
-        sampler = MetaSampler(
-            data.meta,
-            meta_batch_size,
-            torch.Generator().manual_seed(seed + 2),
-            device,
-            loader_kwargs=self.get_params_for("iterator_meta"),
-        )
-        previous = getattr(self, "meta_sampler_state_", None)
-        if previous is not None:
-            sampler.load_state_dict(previous)
-        self.meta_sampler_ = sampler
-        self.bilevel_ = BilevelStep(
-            self.module_,
-            self.weight_net_,
-            self.criterion_,
-            self.optimizer_,
-            self.meta_optimizer_,
-            meta_gradient=self.meta_gradient,
-            meta_params=self.meta_params,
-            normalize_weights=self.normalize_weights,
-            detach_weight_input=self.detach_weight_input,
-            fast_jvp=self.fast_jvp,
-            autocast_dtype=PRECISIONS[self.precision],
-        )
-        n_rows = data.n_samples
-        self.n_rows_ = data.n_rows
-        keep = getattr(self, "sample_weights_", None)
-        if keep is not None and len(keep) == data.n_rows:
-            weights = torch.as_tensor(keep, dtype=torch.float32)
-            losses = torch.as_tensor(self.sample_losses_, dtype=torch.float32)
-            extra = n_rows - data.n_rows
-            if extra:  # meta rows trained on beside X
-                kept_meta = getattr(self, "meta_sample_weights_", None)
-                kept_meta_losses = getattr(self, "meta_sample_losses_", None)
-                if kept_meta is None or len(kept_meta) != extra:
-                    kept_meta = kept_meta_losses = np.full(extra, np.nan)
-                weights = torch.cat([weights, torch.as_tensor(kept_meta, dtype=torch.float32)])
-                losses = torch.cat([losses, torch.as_tensor(kept_meta_losses, dtype=torch.float32)])
-        else:
-            weights = torch.full((n_rows,), float("nan"))
-            losses = torch.full((n_rows,), float("nan"))
-            self.sample_weights_history_ = (
-                np.empty((0, data.n_rows), dtype=np.float32) if self.record_weights else None
-            )
-        self.sample_weight_buffer_ = weights.to(device)
-        self.sample_loss_buffer_ = losses.to(device)
-        self.epoch_stats_ = torch.zeros(4, dtype=torch.float64, device=device)
-
-    # ------------------------------------------------------------------ monitoring
-    def _observed_loss_range(self, quantiles=(0.05, 0.95)):
-        """The 5th and 95th percentiles of the training losses seen so far (None before any)."""
-        losses = self.sample_loss_buffer_
-        losses = losses[torch.isfinite(losses)]
-        if losses.numel() == 0:
-            return None
-        q = torch.quantile(losses.float(), torch.tensor(quantiles, device=losses.device))
-        return float(q[0]), float(q[1])
-
-    def _weight_function_live(self, losses):
-        """The current weight net as a numpy function (for the monitor)."""
-        param = next(self.weight_net_.parameters())
-        was_training = self.weight_net_.training
-        self.weight_net_.eval()
-        try:
-            with torch.no_grad():
-                x = torch.as_tensor(np.asarray(losses), dtype=param.dtype, device=param.device).reshape(-1, 1)
-                return self.weight_net_(x).reshape(-1).cpu().numpy()
-        finally:
-            self.weight_net_.train(was_training)
-
-    def _meta_set_score(self, scoring):
-        """Accuracy or negative log-loss of the classifier on the fit's meta set."""
-        if scoring not in ("accuracy", "neg_log_loss"):
-            raise ValueError(
-                f"on the estimator's own meta set MetaScoring supports 'accuracy' and 'neg_log_loss', "
-                f"got {scoring!r}; pass X_meta and y_meta for any other scorer"
-            )
-        dataset = self.meta_sampler_.source
-        logits, labels = [], []
-        for batch in self.get_iterator(dataset, training=False):
-            with torch.no_grad():
-                logits.append(self.evaluation_step(batch, training=False).float())
-            labels.append(torch.as_tensor(batch[1]).to(logits[-1].device))
-        logits, labels = torch.cat(logits), torch.cat(labels).long()
-        if scoring == "accuracy":
-            return (logits.argmax(1) == labels).double().mean().item()
-        return -torch.nn.functional.cross_entropy(logits, labels).item()
+        super()._begin_training(data)
+        self.epoch_stats_ = torch.zeros(4, dtype=torch.float64, device=torch.device(self.device))
+        self.meta_steps_in_epoch_ = 0
 
     def _end_training(self):
-        loss_range = self._observed_loss_range()
-        weights = self.sample_weight_buffer_.cpu().numpy().astype(np.float64)
-        losses = self.sample_loss_buffer_.cpu().numpy().astype(np.float64)
-        n_rows = self.n_rows_
-        self.sample_weights_, self.sample_losses_ = weights[:n_rows], losses[:n_rows]
-        if len(weights) > n_rows:
-            self.meta_sample_weights_, self.meta_sample_losses_ = weights[n_rows:], losses[n_rows:]
-        else:
-            for name in ("meta_sample_weights_", "meta_sample_losses_"):
-                vars(self).pop(name, None)
-        self.weight_function_ = WeightFunction(self.weight_net_, loss_range=loss_range)
-        self.meta_sampler_state_ = self.meta_sampler_.state_dict()
-        self.train_generator_state_ = self.train_generator_.get_state()
-        # Data-holding helpers do not outlive fit (pickles stay small, no stale data).
-        for name in ("meta_sampler_", "bilevel_", "sample_weight_buffer_", "sample_loss_buffer_",
-                     "epoch_stats_", "train_generator_"):
-            if hasattr(self, name):
-                delattr(self, name)
+        super()._end_training()
+        self._set_weight_function()
+        for name in ("bilevel_", "bilevel_key_", "epoch_stats_", "meta_steps_in_epoch_"):
+            vars(self).pop(name, None)
 
-    def train_step(self, batch, **fit_params):
-        """One Meta-Weight-Net step (Algorithm 1, steps 3-7) on a training batch."""
-        if fit_params:
-            raise TypeError(
-                f"MetaWeightClassifier does not pass fit parameters to module.forward; got {sorted(fit_params)}"
+    def _set_weight_function(self):
+        state = getattr(self, "training_state_", None)
+        loss_range = state.loss_range() if state is not None else None
+        self.weight_function_ = WeightFunction(self.weight_net_, loss_range=loss_range)
+
+    def _after_load(self):
+        if getattr(self, "weight_net_", None) is not None:
+            self._set_weight_function()
+
+    def _reducer(self):
+        from ._distributed import current_reducer
+
+        return current_reducer()
+
+    def _bilevel(self) -> BilevelStep:
+        """The step, built again whenever the classifier, an optimizer, the criterion or the
+        set of trainable parameters changed (a callback may have rebuilt or frozen them)."""
+        module = _plain(self.module_)
+        key = (id(module), id(self.module_), id(self.optimizer_), id(self.weight_net_), id(self.meta_optimizer_),
+               id(self.criterion_), tuple(p.requires_grad for p in module.parameters()),
+               tuple(len(g["params"]) for g in self.optimizer_.param_groups))
+        if getattr(self, "bilevel_key_", None) != key:
+            self.bilevel_ = BilevelStep(
+                module,
+                self.weight_net_,
+                self.criterion_,
+                self.optimizer_,
+                self.meta_optimizer_,
+                meta_gradient=self.meta_gradient,
+                meta_params=self.meta_params,
+                normalize_weights=self.normalize_weights,
+                detach_weight_input=self.detach_weight_input,
+                fast_jvp=self.fast_jvp,
+                autocast_dtype=PRECISIONS[self.precision],
+                forward_module=self.module_ if self.module_ is not module else None,
+                reducer=self._reducer(),
             )
-        self._set_training(True)
-        xi, yi = batch
-        rows = xi[INDEX_KEY]
-        x = self._device_input(xi[INPUT_KEY], training=True)
-        y = to_device(torch.as_tensor(yi), self.device)
-        update = self.n_steps_ % self.meta_interval == 0
+            self.bilevel_key_ = key
+        return self.bilevel_
+
+    def _step(self, x, y, batch, on_grad_computed):
+        state = self.training_state_
+        warming_up = len(self.history) <= self.warmup_epochs  # the current epoch is history[-1]
+        update = not warming_up and state.meta_sampler is not None and state.n_steps % self.meta_interval == 0
         x_meta = y_meta = None
         if update:
-            x_meta, y_meta = self.meta_sampler_.next()
+            x_meta, y_meta = state.meta_sampler.next()
             x_meta = self._device_input(x_meta, training=True)
+        return self._bilevel().step(x, y, x_meta, y_meta, update_weight_net=update, uniform=warming_up,
+                                    on_grad_computed=on_grad_computed)
 
-        def on_grad_computed():
-            self.notify(
-                "on_grad_computed",
-                named_parameters=TeeGenerator(self.module_.named_parameters()),
-                batch=batch,
-                training=True,
-            )
-
-        try:
-            result = self.bilevel_.step(
-                x, y, x_meta, y_meta, update_weight_net=update, on_grad_computed=on_grad_computed
-            )
-        except NonFiniteError as err:
-            epoch = len(self.history)
-            batch_no = len(self.history[-1, "batches"]) if self.history else 0
-            msg = f"non-finite {err.stage} in epoch {epoch}, batch {batch_no}"
-            if self.nan_policy == "raise":
-                raise TrainingDivergedError(
-                    msg + "; lower the learning rates, check the inputs, or pass nan_policy='skip'"
-                ) from err
-            self.n_steps_ += 1
-            self.history.record_batch("skipped", 1)
-            nan = torch.tensor(float("nan"), device=self.device)
-            return {"loss": nan, "y_pred": torch.zeros(len(y), len(self.classes_inferred_), device=self.device)}
-
-        self.n_steps_ += 1
-        dev_rows = torch.as_tensor(rows).to(self.sample_weight_buffer_.device)
-        self.sample_weight_buffer_[dev_rows] = result.weights.float()
-        self.sample_loss_buffer_[dev_rows] = result.losses.float()
+    def _after_step(self, result):
         stats = self.epoch_stats_
         stats[0] += result.weights.sum().double()
         stats[1] += (result.weights.double() ** 2).sum()
         stats[2] += len(result.weights)
         if result.meta_loss is not None:
             stats[3] += result.meta_loss.double()
-            self.meta_steps_in_epoch_ = getattr(self, "meta_steps_in_epoch_", 0) + 1
-        return {"loss": result.loss, "y_pred": result.logits}
+            self.meta_steps_in_epoch_ += 1
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
         if hasattr(self, "epoch_stats_"):
             self.epoch_stats_.zero_()
-        self.meta_steps_in_epoch_ = 0
+            self.meta_steps_in_epoch_ = 0
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        if hasattr(self, "epoch_stats_"):
+            total, squares, count, meta_total = self.epoch_stats_.tolist()
+            if count:
+                mean = total / count
+                self.history.record("weight_mean", mean)
+                self.history.record("weight_std", float(np.sqrt(max(squares / count - mean**2, 0.0))))
+            if self.meta_steps_in_epoch_:
+                self.history.record("meta_loss", meta_total / self.meta_steps_in_epoch_)
         super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
-        if not hasattr(self, "epoch_stats_"):
-            return
-        total, squares, count, meta_total = self.epoch_stats_.tolist()
-        if count:
-            mean = total / count
-            self.history.record("weight_mean", mean)
-            self.history.record("weight_std", float(np.sqrt(max(squares / count - mean**2, 0.0))))
-        if self.meta_steps_in_epoch_:
-            self.history.record("meta_loss", meta_total / self.meta_steps_in_epoch_)
-        if self.record_weights:
-            current = self.sample_weight_buffer_[: self.n_rows_].cpu().numpy().astype(np.float32)
-            self.sample_weights_history_ = np.concatenate([self.sample_weights_history_, current[None]])
 
-    # ------------------------------------------------------------------ prediction
-    def __sklearn_is_fitted__(self):
-        return bool(self.initialized_) and hasattr(self, "classes_inferred_")
+    # ------------------------------------------------------------------ monitoring
+    def _observed_loss_range(self, quantiles=(0.05, 0.95)):
+        """Percentiles of the training losses seen so far (None before any)."""
+        state = getattr(self, "training_state_", None)
+        return None if state is None else state.loss_range(quantiles)
 
-    def predict_proba(self, X):
-        """Class probabilities for X, columns in the order of ``classes_``."""
-        if not self.__sklearn_is_fitted__():
-            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet; call fit first.")
-        return super().predict_proba(X)
+    def _weight_function_live(self, losses):
+        """The current weight net as a numpy function of the loss (for the monitor); a
+        class-aware net is averaged over the classes."""
+        param = next(self.weight_net_.parameters(), None)
+        device = param.device if param is not None else torch.device(self.device)
+        dtype = param.dtype if param is not None else torch.float32
+        was_training = self.weight_net_.training
+        self.weight_net_.eval()
+        try:
+            with torch.no_grad():
+                x = torch.as_tensor(np.asarray(losses), dtype=dtype, device=device).reshape(-1, 1)
+                if getattr(self.weight_net_, "uses_labels", False):
+                    out = torch.stack([self.weight_net_(x, torch.full((len(x),), k, device=device, dtype=torch.long))
+                                       for k in range(len(self.classes_))]).mean(0)
+                else:
+                    out = self.weight_net_(x)
+                return out.reshape(-1).float().cpu().numpy()
+        finally:
+            self.weight_net_.train(was_training)
 
-    def predict(self, X):
-        """Class labels (in the original label space) for X."""
-        codes = self.predict_proba(X).argmax(axis=1)
-        return self.classes_[codes]
+    # ------------------------------------------------------------------ fitted attributes
+    def _state_view(self, name):
+        state = vars(self).get("training_state_")
+        if state is None:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r} before fit")
+        return state
+
+    @property
+    def sample_weights_(self):
+        return self._state_view("sample_weights_").weights_of_rows()
+
+    @property
+    def sample_losses_(self):
+        return self._state_view("sample_losses_").losses_of_rows()
+
+    @property
+    def meta_sample_weights_(self):
+        values = self._state_view("meta_sample_weights_").weights_of_meta()
+        if values is None:
+            raise AttributeError("meta_sample_weights_ exists only when a separate meta set is trained on")
+        return values
+
+    @property
+    def meta_sample_losses_(self):
+        values = self._state_view("meta_sample_losses_").losses_of_meta()
+        if values is None:
+            raise AttributeError("meta_sample_losses_ exists only when a separate meta set is trained on")
+        return values
+
+    @property
+    def sample_weights_history_(self):
+        history = self._state_view("sample_weights_history_").weights_history
+        if history is None:
+            raise AttributeError("sample_weights_history_ exists only with record_weights=True")
+        return history.numpy()

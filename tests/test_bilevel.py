@@ -18,7 +18,8 @@ def per_sample_ce(logits, y):
 
 
 # --------------------------------------------------------------------------- oracle
-def oracle_step(params, bn_state, theta, x, y, xm, ym, *, lr, momentum_wd, meta_lr, meta_opt, meta_wd, eps=1e-5, bn_momentum=0.1):
+def oracle_step(params, bn_state, theta, x, y, xm, ym, *, lr, momentum_wd, meta_lr, meta_opt, meta_wd, eps=1e-5,
+                bn_momentum=0.1, normalize=False):
     """Eqs. 3-5 written out by hand for Linear-BN-ReLU-Linear and a 1-h-1 sigmoid weight net.
 
     Everything is a plain tensor; the BN running-statistics update, the SGD-with-momentum
@@ -43,8 +44,11 @@ def oracle_step(params, bn_state, theta, x, y, xm, ym, *, lr, momentum_wd, meta_
     logits, mu, var_unbiased = forward(w, x)
     losses = -torch.log_softmax(logits, 1)[torch.arange(len(y)), y]
     # Eq. 3: virtual step, differentiable in Θ
+    def R(v, l):  # Eq. 1, or normalised by the weights' sum
+        return (v * l).sum() / v.sum() if normalize else (v * l).mean()
+
     V = weight_fn(th, losses.detach())
-    grads = torch.autograd.grad((V * losses).mean(), w, create_graph=True)
+    grads = torch.autograd.grad(R(V, losses), w, create_graph=True)
     w_hat = [p - lr * g for p, g in zip(w, grads)]
     meta_logits, _, _ = forward(w_hat, xm)
     meta_loss = (-torch.log_softmax(meta_logits, 1)[torch.arange(len(ym)), ym]).mean()
@@ -59,7 +63,7 @@ def oracle_step(params, bn_state, theta, x, y, xm, ym, *, lr, momentum_wd, meta_
             new_theta.append(p.detach() - meta_lr * g / (g.abs() + 1e-8))
     # Eq. 5: real step with Θ_new, SGD momentum 0.9 (first step: buffer = gradient)
     V_new = weight_fn(new_theta, losses.detach()).detach()
-    real_grads = torch.autograd.grad((V_new * losses).mean(), w)
+    real_grads = torch.autograd.grad(R(V_new, losses), w)
     new_w = [p.detach() - lr * (g + momentum_wd * p.detach()) for p, g in zip(w, real_grads)]
     new_rm = (1 - bn_momentum) * rm + bn_momentum * mu.detach()
     new_rv = (1 - bn_momentum) * rv + bn_momentum * var_unbiased.detach()
@@ -83,7 +87,8 @@ def _tensors(model):
 
 @pytest.mark.parametrize("meta_gradient", ["exact", "unrolled"])
 @pytest.mark.parametrize("meta_opt", ["sgd", "adam"])
-def test_one_estimator_step_matches_independent_equations(meta_gradient, meta_opt):
+@pytest.mark.parametrize("normalize", [False, True])
+def test_one_estimator_step_matches_independent_equations(meta_gradient, meta_opt, normalize):
     torch.manual_seed(0)
     n, m = 16, 8
     X = torch.randn(n, 5)
@@ -110,7 +115,10 @@ def test_one_estimator_step_matches_independent_equations(meta_gradient, meta_op
         optimizer__weight_decay=5e-4,
         meta_lr=0.3,
         meta_optimizer=torch.optim.SGD if meta_opt == "sgd" else torch.optim.Adam,
+        meta_optimizer__weight_decay=1e-4,
         meta_gradient=meta_gradient,
+        normalize_weights=normalize,
+        train_on_meta=False,
         batch_size=n,
         meta_batch_size=m,
         max_epochs=1,
@@ -120,7 +128,7 @@ def test_one_estimator_step_matches_independent_equations(meta_gradient, meta_op
 
     new_w, (rm, rv), new_theta, V_new, meta_loss = oracle_step(
         params0, bn0, theta0, X.double(), y, Xm.double(), ym,
-        lr=0.5, momentum_wd=5e-4, meta_lr=0.3, meta_opt=meta_opt, meta_wd=1e-4,
+        lr=0.5, momentum_wd=5e-4, meta_lr=0.3, meta_opt=meta_opt, meta_wd=1e-4, normalize=normalize,
     )
     for got, want in zip(_tensors(clf.module_), new_w):
         torch.testing.assert_close(got.detach().double(), want, atol=2e-5, rtol=1e-4)
@@ -205,9 +213,9 @@ def test_head_shortcut_is_taken_only_when_the_head_is_the_output():
         step = BilevelStep(model, WeightNet(), per_sample_ce, torch.optim.SGD(model.parameters(), 0.1),
                            torch.optim.SGD(WeightNet().parameters(), 0.1), meta_params="last")
         assert (step.head_name == "fc") is expect_head
-        logits, _ = step.forward_train(torch.randn(4, 3, 5, 5), torch.zeros(4, dtype=torch.long))
+        forward = step.forward_train(torch.randn(4, 3, 5, 5), torch.zeros(4, dtype=torch.long), record=True)
         # identity check decides at run time: the scaled model's output is not fc's output
-        assert (step._captured[1] is logits) is (cls is DropoutBNNet)
+        assert (forward.head_input is not None) is (cls is DropoutBNNet)
 
 
 def test_finite_difference_mode_close_to_exact():
@@ -247,8 +255,8 @@ def test_weight_net_gradient_matches_finite_differences(normalize, detach):
 
     step = BilevelStep(model, wnet, per_sample_ce, opt, torch.optim.SGD(wnet.parameters(), 0.0),
                        normalize_weights=normalize, detach_weight_input=detach)
-    logits, losses = step.forward_train(x, y)
-    step.meta_gradient_(x, y, logits, losses, xm, ym)
+    forward = step.forward_train(x, y, record=True)
+    step.compute_meta_gradient(forward, x, y, xm, ym)
     analytic = torch.cat([p.grad.reshape(-1) for p in wnet.parameters()])
 
     theta = torch.nn.utils.parameters_to_vector(wnet.parameters()).detach()

@@ -1,9 +1,10 @@
 """scikit-learn's estimator checks, run on MetaWeightClassifier.
 
 The checks call ``fit(X, y)`` without a meta set and use data of any width and number of
-classes, so they run on a thin test-only subclass that (a) uses the training set itself as the
-meta set when none is given and (b) sizes the classifier's head from the classes. Everything
-else is the real estimator.
+classes, so they run on a thin test-only subclass that (a) uses every training row as the meta
+set when none is given (a mask over all rows; with the default ``train_on_meta=True`` they are
+trained on as well) and (b) sizes the classifier's head from the classes. Everything else is
+the real estimator.
 """
 
 import numpy as np
@@ -27,10 +28,10 @@ class LazyMLP(nn.Module):
 
 
 class CheckedMetaWeightClassifier(MetaWeightClassifier):
-    def _prepare_data(self, X, y, meta, **kwargs):
+    def _prepare(self, X, y, meta, **kwargs):
         if meta is None and y is not None:
-            meta = (X, y)
-        data = super()._prepare_data(X, y, meta, **kwargs)
+            meta = np.ones(len(np.asarray(y)), dtype=bool)
+        data = super()._prepare(X, y, meta, **kwargs)
         self.n_classes_for_checks_ = len(data.classes)
         return data
 
