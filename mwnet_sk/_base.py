@@ -32,6 +32,7 @@ from ._data import (
     ArrayDataset,
     BatchIterator,
     MergedBatchSampler,
+    _as_model_dtype,
     _feature_names,
     features_of,
     is_array_like,
@@ -341,7 +342,8 @@ class MetaSetClassifier(NeuralNetClassifier):
         return iterator(dataset, batch_size=batch_size, shuffle=shuffle, **kwargs)
 
     def _device_input(self, x, training):
-        x = to_device(x, self.device)
+        # float64 items of a user Dataset become float32, as floating arrays do in fit
+        x = _as_model_dtype(to_device(x, self.device))
         if self.batch_transform is not None:
             self.batch_transform_.train(training)
             x = self.batch_transform_(x)

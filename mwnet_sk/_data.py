@@ -322,6 +322,19 @@ def _as_model_dtype(x):
     return x
 
 
+def _worker_context():
+    """The start method for meta loader workers: the platform's default, except inside a
+    process whose default was replaced by a non-standard one. A joblib/loky worker of a
+    parallel GridSearchCV sets "loky", whose Popen cannot start plain processes, and a
+    spawned child cannot find that method; forking the worker works."""
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method in (None, "fork", "spawn", "forkserver") or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return "fork"
+
+
 class MetaSampler:
     """Endless meta batches: shuffled passes over the meta set, one batch at a time.
 
@@ -380,10 +393,7 @@ class MetaSampler:
         if self._loader_iter is None:
             kwargs = dict(self.loader_kwargs)
             if kwargs.get("num_workers", 0) > 0 and "multiprocessing_context" not in kwargs:
-                # Worker processes are started by spawning a fresh interpreter (forkserver is
-                # not available everywhere, and forking a process that already runs threads,
-                # e.g. a joblib/loky worker of GridSearchCV, is unsafe).
-                kwargs["multiprocessing_context"] = "spawn"
+                kwargs["multiprocessing_context"] = _worker_context()
             self._loader = DataLoader(self.source, batch_sampler=_MetaPositions(self), **kwargs)
             self._loader_iter = iter(self._loader)
         batch = next(self._loader_iter)

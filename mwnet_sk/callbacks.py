@@ -289,7 +289,12 @@ class Checkpoint(_SkorchCheckpoint):
     def initialize(self):
         if not isinstance(self.keep, int) or isinstance(self.keep, bool) or self.keep < 1:
             raise ValueError(f"keep must be a positive integer, got {self.keep!r}")
-        return super().initialize()
+        self._validate_filenames()
+        try:
+            self._root().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(f"cannot create the checkpoint folder {self._root()}: {type(exc).__name__}: {exc}") from exc
+        return self
 
     # ------------------------------------------------------------------ parts
     def _parts(self, net):
