@@ -225,9 +225,10 @@ class MetaSetClassifier(NeuralNetClassifier):
         return self
 
     def torch_compile(self, module, name):
-        # Only the classifier (and the criterion) are compiled; the weight net and the batch
-        # transform run a few small ops where compiling costs more than it saves.
-        if name in self._auxiliary_modules:
+        # Only the classifier is compiled. The criterion's per-sample losses are differentiated
+        # twice by the meta-gradient (retain_graph, create_graph), which compiled backward
+        # graphs do not allow; the weight net and the batch transform are a few small ops.
+        if name != "module":
             return module
         return super().torch_compile(module, name)
 
@@ -463,11 +464,13 @@ class MetaSetClassifier(NeuralNetClassifier):
                 f"{type(self).__name__} does not pass fit parameters to module.forward"
             )
         self._set_fit_metadata(data)
-        self._check_components(data)
+        self._check_monitors()
         self._begin_training(data)
         self.fit_data_ = data
         try:
             self.notify("on_train_begin", X=X, y=y)
+            # after on_train_begin: a callback may have rebuilt the module there (InputShapeSetter)
+            self._check_components(data)
             try:
                 self.fit_loop(data.train, data.y_train, _routing_method=routing_method, **fit_params)
             except KeyboardInterrupt:
@@ -477,6 +480,21 @@ class MetaSetClassifier(NeuralNetClassifier):
             self._end_training()
             vars(self).pop("fit_data_", None)
         return self
+
+    def _check_monitors(self):
+        """A callback that monitors a validation score needs a validation split: say so before
+        training instead of failing with a KeyError at the end of the first epoch."""
+        if self.train_split is not None:
+            return
+        for name, callback in self.callbacks_:
+            monitor = getattr(callback, "monitor", None)
+            if isinstance(monitor, str) and monitor.startswith("valid_"):
+                raise ValueError(
+                    f"callback {name!r} monitors {monitor!r}, which needs a validation split, but train_split "
+                    f"is None (the default: every training row is trained on). Monitor the meta-set loss "
+                    f"instead, e.g. {type(callback).__name__}(monitor='meta_loss'), or pass a split such as "
+                    "train_split=skorch.dataset.ValidSplit(5, stratified=True)"
+                )
 
     def _cut_fit_params(self, fit_params):
         """Per-row fit parameters (arrays with one value per row of X) cut to the training items."""

@@ -421,7 +421,8 @@ class MetaWeightClassifier(MetaSetClassifier):
                 detach_weight_input=self.detach_weight_input,
                 fast_jvp=self.fast_jvp,
                 autocast_dtype=PRECISIONS[self.precision],
-                forward_module=self.module_ if self.module_ is not module else None,
+                # a compiled forward cannot be differentiated twice: the unrolled mode runs eager
+                forward_module=self.module_ if self.module_ is not module and self.meta_gradient != "unrolled" else None,
                 reducer=self._reducer(),
             )
             self.bilevel_key_ = key

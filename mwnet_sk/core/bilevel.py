@@ -346,15 +346,16 @@ class BilevelStep:
                 and self.autocast_dtype is None and self.forward_module is None)
 
     def _real_forward(self, x):
-        if self.forward_module is None:
-            return call_module(self.module, x)
-        # A compiled backward may not donate buffers: the train graph is kept for a second
-        # backward (retain_graph), which donated buffers would have overwritten.
+        return call_module(self.module if self.forward_module is None else self.forward_module, x)
+
+    def _compiled_context(self):
+        """A compiled backward may not donate buffers here: the train graph serves two backward
+        passes (retain_graph), which donated buffers would break. The setting is read when the
+        backward is compiled, so it covers the whole step."""
         config = getattr(getattr(torch, "_functorch", None), "config", None)
-        patch = config.patch(donated_buffer=False) if config is not None and hasattr(config, "donated_buffer") \
-            else contextlib.nullcontext()
-        with patch:
-            return call_module(self.forward_module, x)
+        if self.forward_module is None or config is None or not hasattr(config, "donated_buffer"):
+            return contextlib.nullcontext()
+        return config.patch(donated_buffer=False)
 
     def forward_train(self, x, y, *, record: bool = False) -> TrainForward:
         """The one real forward at w: logits and per-sample losses (with graph).
@@ -616,7 +617,8 @@ class BilevelStep:
         self.weight_net.train()
         snap = self._snapshot(update_weight_net) if self.check_finite else None
         try:
-            return self._step(x, y, x_meta, y_meta, update_weight_net, uniform, on_grad_computed)
+            with self._compiled_context():
+                return self._step(x, y, x_meta, y_meta, update_weight_net, uniform, on_grad_computed)
         except NonFiniteError:
             if snap is not None:
                 self._restore(snap)
