@@ -18,6 +18,7 @@ from skorch import NeuralNetClassifier
 from skorch.callbacks import Checkpoint as SkorchCheckpoint
 from skorch.callbacks import EpochScoring, EpochTimer, PassthroughScoring, PrintLog
 from skorch.callbacks import LoadInitState as SkorchLoadInitState
+from skorch.callbacks import ProgressBar
 from skorch.callbacks import TrainEndCheckpoint as SkorchTrainEndCheckpoint
 from skorch.dataset import Dataset as SkorchDataset
 from skorch.exceptions import SkorchTrainingImpossibleError
@@ -39,6 +40,7 @@ from ._data import (
     is_dataset,
     prepare_fit_data,
 )
+from ._distributed import join_launched_group, shard_slicer
 from ._state import TrainingState
 from .callbacks import FinitePassthroughScoring
 from ._validation import check_classes, check_sample_shape, validate_params
@@ -136,7 +138,10 @@ class MetaSetClassifier(NeuralNetClassifier):
     def initialize(self):
         """Initialise every component (seeding them from ``random_state``) and return self."""
         self._check_params()
+        reducer = join_launched_group(self.device)  # a script launched by torchrun trains data-parallel
         seed = self._base_seed()
+        if reducer is not None:  # one seed for every process (random_state=None draws per process)
+            seed = reducer.broadcast_int(seed)
         if self.random_state is not None:
             torch.manual_seed(seed)
         for name in self._fit_attributes:
@@ -332,15 +337,35 @@ class MetaSetClassifier(NeuralNetClassifier):
         shuffle = kwargs.pop("shuffle", training)
         state = getattr(self, "training_state_", None)
         generator = state.train_generator if training and state is not None and state.live else None
-        merge = training and _has_batchnorm(self.module_)
+        reducer = self._reducer() if training else None
+        slicer, min_last = None, self._min_batch() if training else 1
+        if reducer is not None:  # batch_size is per process: the global batch is cut in world_size parts
+            batch_size, slicer = batch_size * reducer.world_size, shard_slicer(reducer.rank, reducer.world_size)
         if iterator is DataLoader and not kwargs and BatchIterator.supports(dataset):
-            return BatchIterator(dataset, batch_size, shuffle=shuffle, generator=generator, merge_single=merge)
-        if iterator is DataLoader and merge and not {"sampler", "batch_sampler", "drop_last"} & kwargs.keys():
-            sampler = MergedBatchSampler(len(dataset), batch_size, shuffle, generator)
+            return BatchIterator(dataset, batch_size, shuffle=shuffle, generator=generator, min_last=min_last,
+                                 slicer=slicer)
+        if iterator is DataLoader and (min_last > 1 or slicer is not None) \
+                and not {"sampler", "batch_sampler", "drop_last"} & kwargs.keys():
+            sampler = MergedBatchSampler(len(dataset), batch_size, shuffle, generator, min_last, slicer)
             return DataLoader(dataset, batch_sampler=sampler, **kwargs)
+        if reducer is not None:
+            raise ValueError("data-parallel training shards batches itself: iterator_train__sampler, "
+                             "__batch_sampler and __drop_last are not supported under torchrun")
         if iterator is DataLoader and training and generator is not None:
             kwargs.setdefault("generator", generator)
         return iterator(dataset, batch_size=batch_size, shuffle=shuffle, **kwargs)
+
+    def _reducer(self):
+        """The data-parallel reducer during a fit launched by torchrun, else None."""
+        from ._distributed import current_reducer
+
+        return current_reducer()
+
+    def _min_batch(self) -> int:
+        """The smallest training batch (per process) a step may get: 2 with BatchNorm."""
+        per_process = 2 if _has_batchnorm(self.module_) else 1
+        reducer = self._reducer()
+        return per_process * (1 if reducer is None else reducer.world_size)
 
     def _device_input(self, x, training):
         # float64 items of a user Dataset become float32, as floating arrays do in fit
@@ -391,7 +416,15 @@ class MetaSetClassifier(NeuralNetClassifier):
     def notify(self, method_name, **cb_kwargs):
         if "batch" in cb_kwargs:
             cb_kwargs["batch"] = self._user_batch(cb_kwargs["batch"])
-        super().notify(method_name, **cb_kwargs)
+        getattr(self, method_name)(self, **cb_kwargs)
+        reducer = self._reducer()
+        main = reducer is None or reducer.is_main
+        for _, callback in self.callbacks_:
+            # in data-parallel training only the first process prints and shows progress
+            if not main and (isinstance(callback, (PrintLog, ProgressBar))
+                             or getattr(callback, "main_process_only", False)):
+                continue
+            getattr(callback, method_name)(self, **cb_kwargs)
         if method_name == "on_train_begin":
             # States restored from a checkpoint are applied after every callback has set
             # itself up in on_train_begin (an LRScheduler builds its scheduler there).
@@ -553,7 +586,8 @@ class MetaSetClassifier(NeuralNetClassifier):
             self.notify("on_batch_begin", batch=batch, training=training)
             step = step_fn(batch, **fit_params)
             self.history.record_batch(prefix + "_loss", step["loss"].item())
-            self.history.record_batch(prefix + "_batch_size", len(batch[1]))
+            # the global batch in data-parallel training, so every process records the same
+            self.history.record_batch(prefix + "_batch_size", int(step.pop("batch_size", len(batch[1]))))
             skipped += bool(step.pop("skipped", False))
             self.notify("on_batch_end", batch=batch, training=training, **step)
             batch_count += 1
@@ -621,7 +655,19 @@ class MetaSetClassifier(NeuralNetClassifier):
             for ds in (data.train, data.meta):
                 if isinstance(ds, ArrayDataset):
                     ds.to(device)
+        reducer = self._reducer()
+        if reducer is not None:
+            self._check_data_parallel()
+            # every process starts from the first one's networks (random_state=None differs per process)
+            reducer.broadcast_([t.data for m in self._replicated_modules() for t in m.state_dict().values()])
         state.start(device, **self._meta_source(data))
+
+    def _replicated_modules(self):
+        """The networks every data-parallel process must hold identically."""
+        return [_plain(self.module_)]
+
+    def _check_data_parallel(self):
+        pass
 
     def _meta_source(self, data) -> dict:
         """What the training state's meta sampler draws from (nothing for plain training)."""
@@ -676,15 +722,27 @@ class MetaSetClassifier(NeuralNetClassifier):
         state.n_steps += 1
         state.record(rows, result.weights, result.losses)
         self._after_step(result)
-        return {"loss": result.loss, "y_pred": result.logits}
+        return {"loss": result.loss, "y_pred": result.logits, "batch_size": result.n}
 
     def _after_step(self, result):
         pass
 
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
+        state = getattr(self, "training_state_", None)
+        if state is not None and state.live:
+            state.begin_epoch(data_parallel=self._reducer() is not None)
+
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
         state = getattr(self, "training_state_", None)
+        reducer = self._reducer()
+        if reducer is not None:
+            # running statistics (BatchNorm) are per process during the epoch; afterwards every
+            # process holds the first one's, as DDP's broadcast_buffers does
+            reducer.broadcast_([b.data for b in _plain(self.module_).buffers()])
         if state is not None and state.live:
+            state.gather(reducer)  # before any callback reads the per-sample values
             state.end_epoch()
 
     def _meta_set_score(self, scoring):

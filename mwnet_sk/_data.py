@@ -234,11 +234,12 @@ def _resolve_rows(dataset):
     return dataset, positions
 
 
-def merged_batch_bounds(n: int, batch_size: int, merge_single: bool) -> list[tuple[int, int]]:
-    """[start, stop) of each batch; with ``merge_single`` a last batch of one item joins the
-    one before it (a BatchNorm layer cannot normalise a batch of one in training mode)."""
+def merged_batch_bounds(n: int, batch_size: int, min_last: int = 1) -> list[tuple[int, int]]:
+    """[start, stop) of each batch; a last batch of fewer than ``min_last`` items joins the one
+    before it (a BatchNorm layer cannot normalise one item; in data-parallel training every
+    process needs its share of the last batch)."""
     bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
-    if merge_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_last:
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
 
@@ -247,11 +248,12 @@ class BatchIterator:
     """Batches of an in-memory :class:`ArrayDataset` by tensor indexing (no per-sample Python).
 
     When the dataset's tensors live on the GPU, so do the batches: no host-device copies.
-    ``merge_single`` folds a last batch of one item into the previous batch.
+    ``min_last`` folds a too-small last batch into the previous one; ``slicer`` maps the
+    positions of each (global) batch to the part this process trains on.
     """
 
     def __init__(self, dataset, batch_size: int, shuffle: bool = False, generator=None, drop_last=False,
-                 merge_single=False):
+                 min_last=1, slicer=None):
         base, positions = _resolve_rows(dataset)
         if base is None:
             raise TypeError("BatchIterator needs an ArrayDataset (or a Subset of one)")
@@ -260,7 +262,8 @@ class BatchIterator:
         self.shuffle = shuffle
         self.generator = generator
         self.drop_last = drop_last
-        self.merge_single = merge_single
+        self.min_last = min_last
+        self.slicer = slicer
 
     @staticmethod
     def supports(dataset) -> bool:
@@ -270,7 +273,7 @@ class BatchIterator:
         n = len(self.positions)
         if self.drop_last:
             return [(s, s + self.batch_size) for s in range(0, n - self.batch_size + 1, self.batch_size)]
-        return merged_batch_bounds(n, self.batch_size, self.merge_single)
+        return merged_batch_bounds(n, self.batch_size, self.min_last)
 
     def __len__(self):
         return len(self._bounds())
@@ -279,23 +282,28 @@ class BatchIterator:
         n = len(self.positions)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for start, stop in self._bounds():
-            yield self.base.batch(self.positions[order[start:stop]])
+            chunk = order[start:stop]
+            if self.slicer is not None:
+                chunk = self.slicer(chunk)
+            yield self.base.batch(self.positions[chunk])
 
 
 class MergedBatchSampler(Sampler):
-    """Batches of positions for a DataLoader, shuffled with ``generator``, the last batch of
-    one item merged into the previous one (see :func:`merged_batch_bounds`)."""
+    """Batches of positions for a DataLoader, shuffled with ``generator``, with the last-batch
+    rule and the per-process slicing of :class:`BatchIterator`."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, generator=None):
+    def __init__(self, n: int, batch_size: int, shuffle: bool, generator=None, min_last=1, slicer=None):
         self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
+        self.min_last, self.slicer = min_last, slicer
 
     def __len__(self):
-        return len(merged_batch_bounds(self.n, self.batch_size, True))
+        return len(merged_batch_bounds(self.n, self.batch_size, self.min_last))
 
     def __iter__(self):
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
-        for start, stop in merged_batch_bounds(self.n, self.batch_size, True):
-            yield order[start:stop].tolist()
+        for start, stop in merged_batch_bounds(self.n, self.batch_size, self.min_last):
+            chunk = order[start:stop]
+            yield (chunk if self.slicer is None else self.slicer(chunk)).tolist()
 
 
 class _MetaPositions(Sampler):
@@ -347,12 +355,12 @@ class MetaSampler:
     :meth:`close` ends the workers (the estimator calls it when ``fit`` ends).
 
     ``slicer`` (used by data-parallel training) maps the positions of the global meta batch to
-    the part this process loads. ``merge_single`` folds a last batch of one item of a pass into
-    the batch before it (a BatchNorm layer cannot normalise one item).
+    the part this process loads. ``min_last`` folds a smaller last batch of a pass into the
+    batch before it (see :func:`merged_batch_bounds`).
     """
 
     def __init__(self, source, batch_size: int, generator: torch.Generator, device, loader_kwargs=None,
-                 slicer=None, merge_single=False):
+                 slicer=None, min_last=1):
         self.source = source
         self.n = len(source)
         if self.n == 0:
@@ -363,7 +371,7 @@ class MetaSampler:
         self.order = None
         self.offset = 0
         self.slicer = slicer
-        self.merge_single = bool(merge_single)
+        self.min_last = int(min_last)
         self._array = isinstance(source, ArrayDataset)
         self.loader_kwargs = dict(loader_kwargs or {})
         self._use_loader = not self._array and self.loader_kwargs.get("num_workers", 0) > 0
@@ -376,7 +384,7 @@ class MetaSampler:
             self.order = torch.randperm(self.n, generator=self.generator)
             self.offset = 0
         stop = self.offset + self.batch_size
-        if self.merge_single and self.n - stop == 1:
+        if 0 < self.n - stop < self.min_last:
             stop = self.n
         chunk = self.order[self.offset : stop]
         self.offset += len(chunk)

@@ -63,6 +63,7 @@ class TrainingState:
         self.meta_position = None
         self.train_generator = None
         self.meta_sampler = None
+        self.visited = None
 
     # ------------------------------------------------------------------ live phase
     @property
@@ -70,7 +71,7 @@ class TrainingState:
         return self.train_generator is not None
 
     def start(self, device, meta_source=None, meta_batch_size=None, loader_kwargs=None, slicer=None,
-              merge_single=False):
+              min_last=1):
         """Build the generators (and the meta sampler) at their saved positions; move the
         per-sample buffers to ``device``."""
         self.train_generator = torch.Generator()
@@ -85,7 +86,7 @@ class TrainingState:
                 device,
                 loader_kwargs=loader_kwargs,
                 slicer=slicer,
-                merge_single=merge_single,
+                min_last=min_last,
             )
             if self.meta_position is not None:
                 sampler.load_state_dict(self.meta_position)
@@ -110,6 +111,27 @@ class TrainingState:
         rows = rows.to(self.sample_weights.device)
         self.sample_weights[rows] = weights.detach().float()
         self.sample_losses[rows] = losses.detach().float()
+        if self.visited is not None:
+            self.visited[rows] = True
+
+    def begin_epoch(self, data_parallel: bool = False):
+        """Start an epoch; in data-parallel training, note which rows this process visits."""
+        self.visited = torch.zeros(self.n_samples, dtype=torch.bool, device=self.sample_weights.device) \
+            if data_parallel else None
+
+    def gather(self, reducer):
+        """Data-parallel training: every process takes the values the others recorded this
+        epoch (each row is visited by one process per epoch)."""
+        if reducer is None or self.visited is None:
+            return
+        mask = self.visited.to(self.sample_weights.dtype)
+        values = torch.stack([torch.where(self.visited, self.sample_weights, 0.0),
+                              torch.where(self.visited, self.sample_losses, 0.0), mask])
+        reducer.sum_([values])
+        seen = values[2] > 0
+        self.sample_weights = torch.where(seen, values[0] / values[2].clamp_min(1), self.sample_weights)
+        self.sample_losses = torch.where(seen, values[1] / values[2].clamp_min(1), self.sample_losses)
+        self.visited.zero_()
 
     def end_epoch(self):
         if self.weights_history is not None:
@@ -188,6 +210,7 @@ class TrainingState:
             state["meta_position"] = self.meta_sampler.state_dict()
         state["train_generator"] = None
         state["meta_sampler"] = None
+        state["visited"] = None
         state["sample_weights"] = self.sample_weights.detach().cpu()
         state["sample_losses"] = self.sample_losses.detach().cpu()
         return state

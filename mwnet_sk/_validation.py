@@ -164,7 +164,7 @@ def parameter_constraints(meta_gradients, precisions, nan_policies) -> dict:
         "meta_batch_size": [*batch, None],
         "meta_gradient": [StrOptions(set(meta_gradients))],
         "meta_interval": [Interval(Integral, 1, None, closed="left")],
-        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
+        "warmup_epochs": [Interval(Integral, 0, None, closed="left"), Interval(Real, 0, 1, closed="left")],
         "normalize_weights": ["boolean"],
         "detach_weight_input": ["boolean"],
         "train_on_meta": ["boolean"],

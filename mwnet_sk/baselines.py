@@ -33,6 +33,7 @@ class _PlainStep:
     losses: torch.Tensor
     weights: torch.Tensor
     loss: torch.Tensor
+    n: torch.Tensor
 
 
 class PlainClassifier(MetaSetClassifier):
@@ -132,6 +133,10 @@ class PlainClassifier(MetaSetClassifier):
 
         dtype = PRECISIONS[self.precision]
         device = torch.device(self.device)
+        reducer = self._reducer()
+        count = torch.tensor([float(len(y))], device=device)
+        if reducer is not None:  # the mean over the global batch: each process adds its part
+            reducer.sum_([count])
         calls = [0]
         out = {}
 
@@ -140,18 +145,21 @@ class PlainClassifier(MetaSetClassifier):
             with torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.enable_grad():
                 logits = self._call_module(self.module_, x)
             losses = self.criterion_(logits.float(), y)
-            loss = losses.mean()
-            if calls[0] == 0:
-                out.update(logits=logits.detach(), losses=losses.detach(), loss=loss.detach())
-            calls[0] += 1
+            loss = losses.sum() / count[0]
             loss.backward()
             grads = [p.grad for p in self.module_.parameters() if p.grad is not None]
+            value = loss.detach().reshape(1)
+            if reducer is not None:
+                reducer.sum_(grads + [value])
+            if calls[0] == 0:
+                out.update(logits=logits.detach(), losses=losses.detach(), loss=value[0])
+            calls[0] += 1
             flags = [torch.isfinite(losses).all()] + ([torch.stack(torch._foreach_norm(grads)).isfinite().all()]
                                                       if grads else [])
             if not bool(torch.stack(flags).all()):
                 raise NonFiniteError("train loss" if not bool(flags[0]) else "classifier gradient")
             on_grad_computed()
-            return loss.detach()
+            return value[0]
 
         buffers = [b.clone() for b in self.module_.buffers()]
         try:
@@ -162,7 +170,7 @@ class PlainClassifier(MetaSetClassifier):
                     b.copy_(saved)
             self.optimizer_.zero_grad(set_to_none=True)
             raise
-        return _PlainStep(out["logits"], out["losses"], torch.ones_like(out["losses"]), out["loss"])
+        return _PlainStep(out["logits"], out["losses"], torch.ones_like(out["losses"]), out["loss"], count[0])
 
 
 _SHARED = ("module", "criterion", "optimizer", "lr", "max_epochs", "batch_size", "iterator_train",

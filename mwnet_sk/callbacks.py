@@ -387,7 +387,27 @@ class Checkpoint(_SkorchCheckpoint):
         return sorted(units, reverse=True)
 
     def save_model(self, net):
-        """Write one checkpoint unit atomically (see the class docstring)."""
+        """Write one checkpoint unit atomically (see the class docstring). In data-parallel
+        training the first process writes and every process learns whether it succeeded."""
+        from ._distributed import current_reducer
+
+        reducer = current_reducer()
+        if reducer is None:
+            return self._save_unit(net)
+        failure = None
+        if reducer.is_main:
+            try:
+                self._save_unit(net)
+            except CheckpointError as exc:
+                failure = exc
+        failed = reducer.broadcast_int(failure is not None)
+        if failure is not None:
+            raise failure
+        if failed:
+            raise CheckpointError(f"the first process could not save the checkpoint of epoch {len(net.history)} "
+                                  f"to {self._root()} (its error names the cause)")
+
+    def _save_unit(self, net):
         root = self._root()
         tmp = None
         try:
@@ -726,7 +746,9 @@ class WeightMonitor(Callback):
             profile = weight_profile(net._weight_function_live, *loss_range)
             history.record("weight_fn_spread", profile.spread)
             history.record("weight_fn_trend", profile.trend)
-            self.flat_epochs_ = self.flat_epochs_ + 1 if profile.spread < self.flat_spread else 0
+            meta_step = np.isfinite(history[-1].get("meta_loss", np.nan))
+            if meta_step:  # an epoch without a meta step (warm-up) says nothing about learning
+                self.flat_epochs_ = self.flat_epochs_ + 1 if profile.spread < self.flat_spread else 0
             collapsed = self.flat_epochs_ >= self.patience
             history.record("weight_collapsed", collapsed)
             if collapsed:

@@ -151,6 +151,7 @@ class StepResult:
     weights: torch.Tensor
     loss: torch.Tensor
     meta_loss: torch.Tensor | None
+    n: torch.Tensor | int = 0  # items of the (global) batch
 
 
 class BilevelStep:
@@ -648,6 +649,7 @@ class BilevelStep:
                 (count,) = self._reduce_sum([torch.tensor([float(len(weights))], device=weights.device)])
                 coefficients = weights / count
         calls = [0]
+        first = {}
 
         def closure():
             self.optimizer.zero_grad(set_to_none=True)
@@ -660,8 +662,10 @@ class BilevelStep:
             loss = (coefficients * losses).sum()
             loss.backward()
             grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-            if self.reducer is not None:
-                self.reducer.sum_(grads)
+            value = torch.stack([loss.detach().float(), torch.tensor(float(len(losses)), device=loss.device)])
+            if self.reducer is not None:  # the gradient and the loss of the global batch
+                self.reducer.sum_(grads + [value])
+            first.setdefault("value", value)
             if self.check_finite:
                 self._raise_if_nonfinite({
                     "train loss": losses.detach(),
@@ -673,6 +677,6 @@ class BilevelStep:
             return loss.detach()
 
         self.optimizer.step(closure)
-        loss = weighted_loss(weights, forward.losses.detach(), self.normalize_weights)
+        loss, n = first["value"]
         return StepResult(logits=forward.logits.detach(), losses=forward.losses.detach(), weights=weights,
-                          loss=loss, meta_loss=meta_loss)
+                          loss=loss, meta_loss=meta_loss, n=n)

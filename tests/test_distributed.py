@@ -1,0 +1,108 @@
+"""Data-parallel training under torchrun (gloo, CPU, 127.0.0.1) against single-process runs of
+the global batch, and distributed hyper-parameter search with dask."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import ddp_worker  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(scenario, out_dir, nproc=2, batch_size=32, expect=0):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(HERE / "ddp_worker.py"), scenario, str(out_dir), str(batch_size)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    if expect == 0:
+        assert done.returncode == 0, done.stderr[-3000:]
+    else:
+        assert done.returncode != 0
+    return [torch.load(out_dir / f"{scenario}-rank{r}.pt") for r in range(nproc)] if expect == 0 else None
+
+
+def assert_close(a, b, atol):
+    for key in a["module"]:
+        torch.testing.assert_close(a["module"][key].float(), b["module"][key].float(), atol=atol, rtol=1e-5)
+    if "weight_net" in a:
+        for key in a["weight_net"]:
+            torch.testing.assert_close(a["weight_net"][key], b["weight_net"][key], atol=atol, rtol=1e-5)
+        np.testing.assert_allclose(a["weights"].numpy(), b["weights"].numpy(), atol=atol)
+        assert a["steps"] == b["steps"]
+    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+
+
+def assert_identical(a, b):
+    for part in ("module", "weight_net"):
+        for key in a.get(part, {}):
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    if "weights" in a:
+        assert torch.equal(a["weights"].nan_to_num(-1), b["weights"].nan_to_num(-1))
+    assert a["train_loss"] == b["train_loss"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, one_thread):
+    rank0, rank1 = torchrun("equal", tmp_path, batch_size=32)
+    X, y, mask = ddp_worker.data()
+    single = {
+        "mwnet": ddp_worker.summary(ddp_worker.estimator(64).fit(X, y, meta=mask)),
+        "plain": ddp_worker.summary(ddp_worker.plain_counterpart(ddp_worker.estimator(64)).fit(X, y, meta=mask)),
+        "pair": ddp_worker.summary(ddp_worker.estimator(64, meta_interval=2, meta_params="last")
+                                   .fit(X[~mask], y[~mask], meta=(X[mask], y[mask]))),
+    }
+    for name in ("mwnet", "plain", "pair", "batchnorm"):
+        assert_identical(rank0[name], rank1[name])  # every process holds the same model
+    for name, reference in single.items():
+        assert_close(rank0[name], reference, atol=2e-6)  # float32 rounding of the sums' order
+    # per-process BatchNorm statistics (as DDP): the same run, not the single-process one
+    assert np.isfinite(rank0["batchnorm"]["train_loss"]).all()
+
+
+def test_a_killed_run_resumes_under_torchrun(tmp_path, one_thread):
+    uninterrupted = torchrun("uninterrupted", tmp_path)
+    torchrun("crash", tmp_path, expect=3)
+    units = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert units == ["checkpoint-000002"]  # written once (by the first process), the old one removed
+    resumed = torchrun("resume", tmp_path)
+    assert_identical(resumed[0]["mwnet"], resumed[1]["mwnet"])
+    assert_identical(resumed[0]["mwnet"], uninterrupted[0]["mwnet"])
+
+
+def test_grid_search_on_a_dask_cluster_equals_the_local_one():
+    distributed = pytest.importorskip("dask.distributed")
+    import joblib
+    from sklearn.model_selection import GridSearchCV
+
+    X, y, mask = ddp_worker.data()
+    grid = {"meta_lr": [1e-3, 1e-2]}
+    local = GridSearchCV(ddp_worker.estimator(32, max_epochs=2), grid, cv=2, n_jobs=1)
+    local.fit(X, y, meta=mask)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+        with joblib.parallel_backend("dask"):
+            remote = GridSearchCV(ddp_worker.estimator(32, max_epochs=2), grid, cv=2, n_jobs=-1)
+            remote.fit(X, y, meta=mask)
+    np.testing.assert_allclose(remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"])
+    assert remote.best_params_ == local.best_params_
+    np.testing.assert_array_equal(remote.predict(X), local.predict(X))
