@@ -93,7 +93,8 @@ class Protocol:
 
 
 # The parts every script shares: the classifier's SGD, batch sizes, one weight-net update per
-# step through every parameter, the paper's 1-100-1 weight net, the meta set held out of training.
+# step through every parameter, the paper's 1-100-1 weight net, the meta set held out of training,
+# weighting from the first step (no warm-up).
 _SHARED = {
     "optimizer": torch.optim.SGD,
     "lr": 0.1,
@@ -105,6 +106,7 @@ _SHARED = {
     "meta_params": "all",
     "weight_net__hidden_size": 100,
     "train_on_meta": False,
+    "warmup_epochs": 0,
 }
 # The scripts pad by reflection and normalise with the CIFAR-10 statistics, CIFAR-100 too.
 _AUGMENT = {"padding_mode": "reflect", "normalize": "cifar10"}
