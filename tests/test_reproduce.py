@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mwnet_sk import PlainClassifier
 from mwnet_sk.datasets import load_cifar
 from mwnet_sk.reproduce import paper, report
 from mwnet_sk.reproduce.fixtures import write_tiny_cifar
@@ -141,12 +142,16 @@ def test_run_config_settings_and_precedence():
     assert (mwnet.lr, mwnet.meta_lr, mwnet.batch_size, mwnet.meta_batch_size) == (0.05, 0.01, 64, 64)
     assert mwnet.meta_optimizer is torch.optim.Adam and mwnet.normalize_weights is False
     assert mwnet.get_params()["optimizer__weight_decay"] == 5e-4 and mwnet.batch_transform.padding_mode == "reflect"
-    # the baseline trains the same way: same initial weights, optimizer, schedule and augmentation
-    assert (plain.lr, plain.batch_size, plain.max_epochs) == (0.05, 64, 20)
-    assert plain.get_params()["optimizer__momentum"] == 0.9
-    assert plain.module.transform is mwnet.batch_transform
-    for a, b in zip(plain.module.module.parameters(), mwnet.module.parameters()):
+    # the baseline is the library's plain classifier, trained the same way on the same rows: same
+    # initial weights, optimizer, schedule, augmentation and data path; the meta set held out as
+    # the preset holds it out of Meta-Weight-Net's training
+    assert isinstance(plain, PlainClassifier) and plain.train_on_meta is mwnet.train_on_meta is False
+    assert (plain.lr, plain.batch_size, plain.max_epochs, plain.random_state) == (0.05, 64, 20, 0)
+    assert plain.get_params()["optimizer__momentum"] == 0.9 and plain.data_on_device
+    assert plain.batch_transform.padding_mode == "reflect" and plain.iterator_valid__batch_size == 500
+    for a, b in zip(plain.module.parameters(), mwnet.module.parameters()):
         assert torch.equal(a, b)
+    assert [type(cb).__name__ for cb in plain.callbacks] == ["LRScheduler"]
     with pytest.raises(ValueError, match="cannot set 'momentum'"):
         config.with_settings({"momentum": "0.5"})
     with pytest.raises(ValueError, match="batch_size must be an integer"):
@@ -212,29 +217,67 @@ def test_text_table_and_json_of_numpy_and_nan(tmp_path):
 
 
 # --------------------------------------------------------------------------- the baselines
-def test_plain_baseline_batches_tensors_by_indexing_and_is_repeatable():
+def _digits_run(**params):
+    from mwnet_sk import MetaWeightClassifier
     from mwnet_sk.models import MLP
-    from mwnet_sk.reproduce.baselines import finetune, make_plain_baseline
 
     rng = np.random.RandomState(0)
     X, y = rng.normal(size=(60, 5)).astype(np.float32), np.arange(60) % 3
+    mask = np.arange(60) < 9
+    mwnet = MetaWeightClassifier(MLP, module__n_features=5, module__num_classes=3, lr=0.1, batch_size=16,
+                                 max_epochs=2, verbose=0, random_state=0, **params)  # fmt: skip
+    return X, y, mask, mwnet
 
-    def fitted():
-        torch.manual_seed(0)
-        net = make_plain_baseline(MLP(n_features=5, num_classes=3), n_classes=3, random_state=0, lr=0.1,
-                                  batch_size=16, max_epochs=2, verbose=0)  # fmt: skip
-        return net.fit(torch.from_numpy(X), torch.from_numpy(y))
 
-    a, b = fitted(), fitted()
-    assert torch.equal(a.module_.fc.weight, b.module_.fc.weight)
-    assert a.predict_proba(X).shape == (60, 3) and set(a.predict(X)) <= {0, 1, 2}
-    assert len(a.history[-1, "batches"]) == 4  # ceil(60 / 16) tensor-indexed batches
-    state = {k: v.clone() for k, v in a.module_.state_dict().items()}
-    tuned = finetune(a, X[:9], y[:9], epochs=1, lr=0.01, optimizer_params={"optimizer__momentum": 0.9},
-                     batch_size=100, device="cpu", random_state=0)  # fmt: skip
-    assert tuned.batch_size == 9 and tuned.get_params()["optimizer__momentum"] == 0.9
-    assert not torch.equal(tuned.module_.fc.weight, a.module_.fc.weight)
-    assert all(torch.equal(v, a.module_.state_dict()[k]) for k, v in state.items())  # the baseline is untouched
+@pytest.mark.parametrize("train_on_meta", [True, False])
+def test_plain_baseline_is_the_library_counterpart_on_the_same_rows(train_on_meta):
+    from mwnet_sk.reproduce.baselines import make_plain_baseline
+
+    X, y, mask, mwnet = _digits_run(train_on_meta=train_on_meta)
+    plain = make_plain_baseline(mwnet).fit(X, y, meta=mask)
+    assert type(plain) is PlainClassifier and plain.train_on_meta is train_on_meta
+    trained = np.isfinite(plain.sample_losses_)
+    np.testing.assert_array_equal(trained, np.ones(60, bool) if train_on_meta else ~mask)  # the rows MW-Net trains on
+    # the same initial weights as Meta-Weight-Net: both initialise from random_state
+    mwnet.initialize()
+    fresh = make_plain_baseline(mwnet).initialize()
+    for a, b in zip(fresh.module_.parameters(), mwnet.module_.parameters()):
+        assert torch.equal(a, b)
+    again = make_plain_baseline(mwnet).fit(X, y, meta=mask)
+    assert torch.equal(again.module_.fc.weight, plain.module_.fc.weight)  # repeatable
+
+
+def test_finetune_starts_from_the_baseline_and_leaves_it_untouched():
+    from mwnet_sk.reproduce.baselines import finetune, make_plain_baseline
+
+    X, y, mask, mwnet = _digits_run(train_on_meta=False)
+    plain = make_plain_baseline(mwnet, optimizer__momentum=0.9).fit(X, y, meta=mask)
+    state = {k: v.clone() for k, v in plain.module_.state_dict().items()}
+    tuned = finetune(plain, X[mask], y[mask], epochs=1, lr=0.01, random_state=0)
+    assert tuned.batch_size == 9 and tuned.lr == 0.01 and tuned.get_params()["optimizer__momentum"] == 0.9
+    assert len(tuned.history) == 1 and tuned.callbacks is None
+    # one step of 9 rows away from the baseline's weights, not from a fresh initialisation
+    assert 0 < (tuned.module_.fc.weight - plain.module_.fc.weight).abs().max() < 0.05
+    assert all(torch.equal(v, plain.module_.state_dict()[k]) for k, v in state.items())  # the baseline is untouched
+    assert list(tuned.classes_) == list(plain.classes_)
+
+
+def test_demo_runs_the_estimator_defaults_against_plain_on_the_same_rows():
+    import inspect
+
+    from mwnet_sk import MetaWeightClassifier
+    from mwnet_sk.reproduce.demo import format_demo, run_demo
+
+    run = run_demo(epochs=2, device="cpu")
+    defaults = inspect.signature(MetaWeightClassifier).parameters
+    for name, value in run.result.weighting.items():
+        if not isinstance(defaults[name].default, type):
+            assert value == defaults[name].default, name
+    assert type(run.plain) is PlainClassifier and run.plain.train_on_meta and run.mwnet.train_on_meta
+    assert np.isfinite(run.plain.sample_losses_).all()  # every labelled row, the clean meta rows included
+    assert run.plain.random_state == run.mwnet.random_state == 0
+    assert "meta rows trained on too" in format_demo(run.result)
+    assert run_demo(epochs=1, meta_lr=0.5, device="cpu").result.weighting["meta_lr"] == 0.5
 
 
 # --------------------------------------------------------------------------- progress

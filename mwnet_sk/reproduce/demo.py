@@ -3,12 +3,12 @@ injected label noise. Needs no download; ``mwnet-sk demo`` is a command line ove
 
 Digits (1,797 images, 8x8) are split 70/30 into training rows and a clean test split; a clean,
 class-balanced meta set (``meta_per_class`` rows per class) is taken from the training rows; the
-other training labels are corrupted. Both models are the same MLP trained with SGD (lr 0.1,
-momentum 0.9, batch size 100, lr divided by 10 after 80% of the epochs: the weight net takes its
-final shape after that drop, see the docs). The plain baseline trains on every training row, the
-clean meta rows included; Meta-Weight-Net learns its weights from the meta rows. Everything else
-about Meta-Weight-Net (the weight net, its optimizer, whether the meta rows are trained on too)
-is the estimator's defaults, and ``meta_lr`` when given.
+other training labels are corrupted. Both models are the same MLP with the same initial weights
+and batch order, trained with SGD (lr 0.1, momentum 0.9, batch size 100, lr divided by 10 after
+80% of the epochs). Meta-Weight-Net runs with the estimator's defaults (only ``meta_lr`` can be
+changed); the plain baseline is :func:`~mwnet_sk.baselines.plain_counterpart` of it (through
+:func:`~mwnet_sk.reproduce.baselines.make_plain_baseline`), trained on the same labelled rows:
+the noisy rows and the clean meta rows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .report import provenance, resolve_device, text_table, write_figures, write_json
 
@@ -39,6 +38,7 @@ class DemoResult:
     epochs: int
     lr_drop_after: int
     meta_lr: float
+    weighting: dict  # the Meta-Weight-Net settings of the run (the estimator's defaults unless changed)
     plain_accuracy: float
     mwnet_accuracy: float
     mean_weight_clean: float
@@ -133,23 +133,18 @@ def run_demo(
             cbs.append(EpochProgress(label))
         return cbs
 
-    def network():
-        with torch.random.fork_rng(devices=[]):  # the same initial weights for both models
-            torch.manual_seed(random_state)
-            return MLP(n_features=X.shape[1], num_classes=10)
-
-    # the classifier's training, shared by both models
-    common = dict(lr=0.1, optimizer__momentum=0.9, max_epochs=epochs, batch_size=100, device=device,
-                  verbose=verbose)  # fmt: skip
-    plain = make_plain_baseline(network(), n_classes=10, random_state=random_state,
-                                callbacks=callbacks("plain training"), **common)  # fmt: skip
-    start = time.perf_counter()
-    plain.fit(X_train, y_noisy)
-    seconds_plain = time.perf_counter() - start
-
+    # the classifier's recipe; everything about the weighting is the estimator's default
     mw_options = {} if meta_lr is None else {"meta_lr": meta_lr}
-    mwnet = MetaWeightClassifier(network(), random_state=random_state, record_weights=record_weights,
-                                 callbacks=callbacks("Meta-Weight-Net"), **mw_options, **common)  # fmt: skip
+    mwnet = MetaWeightClassifier(
+        MLP, module__n_features=X.shape[1], module__num_classes=10, lr=0.1, optimizer__momentum=0.9,
+        max_epochs=epochs, batch_size=100, device=device, verbose=verbose, random_state=random_state,
+        record_weights=record_weights, callbacks=callbacks("Meta-Weight-Net"), **mw_options,
+    )  # fmt: skip
+    plain = make_plain_baseline(mwnet, callbacks=callbacks("plain training"))
+
+    start = time.perf_counter()
+    plain.fit(X_train, y_noisy, meta=meta)
+    seconds_plain = time.perf_counter() - start
     start = time.perf_counter()
     mwnet.fit(X_train, y_noisy, meta=meta)
     seconds_mwnet = time.perf_counter() - start
@@ -166,6 +161,7 @@ def run_demo(
         epochs=int(epochs),
         lr_drop_after=milestone,
         meta_lr=float(mwnet.meta_lr),
+        weighting=_weighting(mwnet),
         plain_accuracy=float(np.mean(plain.predict(X_test) == y_test)),
         mwnet_accuracy=float(mwnet.score(X_test, y_test)),
         mean_weight_clean=float(np.nanmean(w[~corrupted & ~meta])),
@@ -177,6 +173,25 @@ def run_demo(
         provenance=provenance(device, seed=random_state),
     )
     return DemoRun(result=result, plain=plain, mwnet=mwnet, noisy_mask=corrupted, meta_mask=meta)
+
+
+_WEIGHTING = ("meta_lr", "meta_optimizer", "meta_batch_size", "weight_net", "normalize_weights", "train_on_meta",
+              "warmup_epochs", "meta_gradient", "meta_interval")
+
+
+def _weighting(mwnet) -> dict:
+    """The settings that shape the weighting, JSON-ready (classes by their dotted names)."""
+    params = mwnet.get_params(deep=False)
+    named = {k: f"{v.__module__}.{v.__qualname__}" if isinstance(v, type) else v for k, v in params.items()}
+    return {k: named[k] for k in _WEIGHTING}
+
+
+def _describe(weighting: dict, epochs: int) -> str:
+    warmup = weighting["warmup_epochs"]
+    warmup_epochs = int(round(warmup * epochs)) if isinstance(warmup, float) else int(warmup)
+    weighted = "by their batch sum" if weighting["normalize_weights"] else "by the batch size"
+    return (f"meta_lr {weighting['meta_lr']:g}, weighted losses divided {weighted}, meta rows "
+            f"{'trained on too' if weighting['train_on_meta'] else 'held out'}, {warmup_epochs} plain warm-up epochs")
 
 
 def _what(result: DemoResult) -> str:
@@ -195,7 +210,8 @@ def format_demo(result: DemoResult) -> str:
     lines = [
         f"digits, {result.noise_rate:.0%} {result.noise_type} label noise: {result.n_train} noisy training rows, "
         f"{result.n_meta} clean meta rows, {result.n_test} clean test rows; {result.epochs} epochs, learning "
-        f"rate ÷10 after epoch {result.lr_drop_after}; meta_lr {result.meta_lr:g}; seed {result.seed}; {where}",
+        f"rate ÷10 after epoch {result.lr_drop_after}; seed {result.seed}; {where}",
+        f"Meta-Weight-Net settings: {_describe(result.weighting, result.epochs)}",
         "",
         table,
         "",

@@ -2,8 +2,9 @@
 
 :func:`run_experiment` trains, on the same data and under the same schedule,
 
-* the plain baseline (:func:`~mwnet_sk.reproduce.baselines.make_plain_baseline`; the paper's
-  "BaseModel" / "Cross Entropy"),
+* the plain baseline (:func:`~mwnet_sk.reproduce.baselines.make_plain_baseline`: the library's
+  :class:`~mwnet_sk.baselines.PlainClassifier` on the rows Meta-Weight-Net trains on; the
+  paper's "BaseModel" / "Cross Entropy"),
 * that baseline fine-tuned on the clean meta set, for the tables that have a "Fine-tuning"
   column (:data:`FINETUNE_EPOCHS` epochs at the final learning rate of the schedule: the paper
   gives no schedule for it),
@@ -260,23 +261,20 @@ def _estimator_params(config: RunConfig, device: str) -> dict[str, Any]:
     return params
 
 
-def _classifier_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The plain classifier's share of the Meta-Weight-Net parameters (its optimizer and loop)."""
-    keep = ("lr", "optimizer", "batch_size", "max_epochs", "device", "verbose")
-    return {k: v for k, v in params.items() if k in keep or k.startswith("optimizer__")}
-
-
 def make_estimators(config: RunConfig, record_weights: bool = False):
     """The plain baseline and the Meta-Weight-Net estimator of a run, unfitted.
 
-    Both start from the same initial weights and share the optimizer, schedule and
-    augmentation. CIFAR estimators take uint8 image arrays ``(N, 32, 32, 3)`` (on any
-    device); the Clothing1M ones take torch Datasets.
+    Both start from the same initial weights and share the optimizer, schedule, batch order,
+    augmentation and data path (the baseline is
+    :func:`~mwnet_sk.reproduce.baselines.make_plain_baseline` of the Meta-Weight-Net
+    estimator). CIFAR estimators take uint8 image arrays ``(N, 32, 32, 3)``, kept on the device
+    and augmented there; the Clothing1M ones take torch Datasets. Fit both with the same
+    ``X, y, meta=``.
 
     Returns
     -------
-    plain : skorch.NeuralNetClassifier
-        The baseline (:func:`~mwnet_sk.reproduce.baselines.make_plain_baseline`).
+    plain : PlainClassifier
+        The baseline.
     mwnet : MetaWeightClassifier
         Meta-Weight-Net under the run's settings.
     info : dict
@@ -286,15 +284,13 @@ def make_estimators(config: RunConfig, record_weights: bool = False):
     device = resolve_device(config.device)
     params = _estimator_params(config, device)
     milestones = config.milestones
-    is_cifar = exp.dataset.startswith("cifar")
-    per_dataset: dict[str, Any] = {}
-    augment = None
-    if is_cifar:
-        augment = cifar_augment(exp.dataset, **protocol.augment)
-        per_dataset["iterator_valid__batch_size"] = max(500, params["batch_size"])
+    extra: dict[str, Any] = {}
+    if exp.dataset.startswith("cifar"):
+        extra.update(batch_transform=cifar_augment(exp.dataset, **protocol.augment), data_on_device=True,
+                     iterator_valid__batch_size=max(500, params["batch_size"]))  # fmt: skip
     elif config.num_workers and not config.smoke:
-        per_dataset.update(iterator_train__num_workers=config.num_workers,
-                           iterator_valid__num_workers=config.num_workers)  # fmt: skip
+        extra.update(iterator_train__num_workers=config.num_workers, iterator_valid__num_workers=config.num_workers,
+                     iterator_meta__num_workers=config.num_workers)  # fmt: skip
 
     def callbacks(label):
         cbs = [LRScheduler("MultiStepLR", milestones=milestones, gamma=0.1)]
@@ -302,19 +298,11 @@ def make_estimators(config: RunConfig, record_weights: bool = False):
             cbs.append(EpochProgress(label))
         return cbs
 
-    plain = make_plain_baseline(
-        _network(config), n_classes=exp.n_classes, batch_transform=augment, random_state=config.seed,
-        callbacks=callbacks(f"{exp.name} baseline"), **per_dataset, **_classifier_params(params),
-    )  # fmt: skip
-    mw_extra: dict[str, Any] = {}
-    if is_cifar:
-        mw_extra.update(batch_transform=augment, data_on_device=True)
-    elif config.num_workers and not config.smoke:
-        mw_extra["iterator_meta__num_workers"] = config.num_workers
     mwnet = MetaWeightClassifier(
         _network(config), random_state=config.seed, record_weights=record_weights,
-        callbacks=callbacks(f"{exp.name} MW-Net"), **per_dataset, **mw_extra, **params,
+        callbacks=callbacks(f"{exp.name} MW-Net"), **extra, **params,
     )  # fmt: skip
+    plain = make_plain_baseline(mwnet, callbacks=callbacks(f"{exp.name} baseline"))
     info = {"epochs": config.n_epochs, "milestones": milestones, "device": device,
             "batch_size": params["batch_size"], "model": "small_cnn" if config.smoke else exp.model}  # fmt: skip
     return plain, mwnet, info
@@ -400,10 +388,6 @@ def _load_data(config: RunConfig, root) -> _RunData:
 
 
 # --------------------------------------------------------------------------- the runner
-def _on_device(X, device):
-    return torch.from_numpy(np.ascontiguousarray(X)).to(device) if isinstance(X, np.ndarray) else X
-
-
 def _size(data) -> int:
     return len(data[1]) if isinstance(data, tuple) else len(data)
 
@@ -454,7 +438,7 @@ def run_experiment(config: RunConfig) -> dict:
                                       accuracy={}, seconds={}, **data.extra)  # fmt: skip
 
         start = time.perf_counter()
-        plain.fit(_on_device(data.X_train, device), data.y_train)
+        plain.fit(data.X_train, data.y_train, meta=data.meta)
         result["seconds"]["plain"] = time.perf_counter() - start
         result["accuracy"]["plain"] = _accuracy(plain, data.X_test, data.y_test)
 
@@ -462,11 +446,7 @@ def run_experiment(config: RunConfig) -> dict:
             epochs = _SMOKE_EPOCHS if config.smoke else FINETUNE_EPOCHS
             final_lr = params["lr"] * 0.1 ** len(info["milestones"])
             start = time.perf_counter()
-            tuned = finetune(
-                plain, _on_device(data.meta[0], device), data.meta[1], epochs=epochs, lr=final_lr,
-                optimizer_params={k: v for k, v in params.items() if k == "optimizer" or k.startswith("optimizer__")},
-                batch_size=info["batch_size"], device=device, random_state=config.seed,
-            )  # fmt: skip
+            tuned = finetune(plain, *data.meta, epochs=epochs, lr=final_lr, random_state=config.seed)
             result["seconds"]["finetuned"] = time.perf_counter() - start
             result["accuracy"]["finetuned"] = _accuracy(tuned, data.X_test, data.y_test)
             result["finetune"] = {"epochs": epochs, "lr": final_lr}
