@@ -400,6 +400,10 @@ class MetaWeightClassifier(MetaSetClassifier):
             )
 
     def _begin_training(self, data):
+        fresh = getattr(self, "training_state_", None) is None
+        if fresh and callable(getattr(self.weight_net_, "set_class_counts", None)):
+            # a class-aware weight net groups the classes by their training sizes
+            self.weight_net_.set_class_counts(np.bincount(data.y_train, minlength=len(data.classes)))
         super()._begin_training(data)
         self.epoch_stats_ = torch.zeros(4, dtype=torch.float64, device=torch.device(self.device))
         self.meta_steps_in_epoch_ = 0

@@ -322,3 +322,72 @@ def test_select_parameter_names():
         select_parameter_names(model, ["nope"])
     with pytest.raises(ValueError, match="'all', 'last'"):
         select_parameter_names(model, "first")
+
+
+# --------------------------------------------------------------------------- class-aware weighting
+@pytest.mark.parametrize("normalize", [False, True])
+def test_class_aware_weight_net_exact_equals_unrolled(normalize):
+    from mwnet_sk import ClassAwareWeightNet
+
+    results = []
+    for meta_gradient in ("exact", "unrolled"):
+        torch.manual_seed(0)
+        model = DropoutBNNet().double()
+        wnet = ClassAwareWeightNet(n_groups=2, hidden_size=6).double()
+        wnet.set_class_counts([40, 30, 5, 3])  # classes 0, 1 common; 2, 3 rare
+        opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+        step = BilevelStep(model, wnet, per_sample_ce, opt, torch.optim.SGD(wnet.parameters(), lr=1.0),
+                           meta_gradient=meta_gradient, normalize_weights=normalize)
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(10, 3, 5, 5, generator=g, dtype=torch.float64)
+        y = torch.arange(10) % 4
+        xm = torch.randn(8, 3, 5, 5, generator=g, dtype=torch.float64)
+        torch.manual_seed(99)
+        step.step(x, y, xm, torch.arange(8) % 4)
+        results.append([p.detach().clone() for p in wnet.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    # both groups' heads learned (the rare classes' head moved too)
+    torch.manual_seed(0)
+    _ = DropoutBNNet()
+    fresh = ClassAwareWeightNet(n_groups=2, hidden_size=6).double()
+    moved = (results[0][2] - fresh.heads.weight).abs().amax(1)
+    assert (moved > 1e-8).all()
+
+
+def test_class_aware_meta_gradient_matches_finite_differences():
+    from mwnet_sk import ClassAwareWeightNet
+
+    torch.manual_seed(3)
+    model = BNMLP(4, 3, 5).double()
+    wnet = ClassAwareWeightNet(n_groups=2, hidden_size=3).double()
+    wnet.set_class_counts([30, 4, 3])
+    x, y = torch.randn(9, 4, dtype=torch.float64), torch.arange(9) % 3
+    xm, ym = torch.randn(6, 4, dtype=torch.float64), torch.arange(6) % 3
+    lr = 0.7
+
+    def meta_loss_of(theta_vec):
+        net = copy.deepcopy(wnet)
+        torch.nn.utils.vector_to_parameters(theta_vec, net.parameters())
+        mdl = copy.deepcopy(model)
+        losses = F.cross_entropy(mdl(x), y, reduction="none")
+        v = net(losses.detach()[:, None], y)[:, 0]
+        grads = torch.autograd.grad((v * losses).sum() / v.sum(), list(mdl.parameters()))
+        with torch.no_grad():
+            for p, g in zip(mdl.parameters(), grads):
+                p -= lr * g
+            return F.cross_entropy(mdl(xm), ym).item()
+
+    step = BilevelStep(model, wnet, per_sample_ce, torch.optim.SGD(model.parameters(), lr=lr),
+                       torch.optim.SGD(wnet.parameters(), 0.0), normalize_weights=True)
+    forward = step.forward_train(x, y, record=True)
+    step.compute_meta_gradient(forward, x, y, xm, ym)
+    analytic = torch.cat([p.grad.reshape(-1) for p in wnet.parameters()])
+    theta = torch.nn.utils.parameters_to_vector(wnet.parameters()).detach()
+    numeric = torch.zeros_like(theta)
+    for i in range(len(theta)):
+        e = torch.zeros_like(theta)
+        e[i] = 1e-6
+        numeric[i] = (meta_loss_of(theta + e) - meta_loss_of(theta - e)) / 2e-6
+    assert analytic.abs().max() > 1e-6
+    torch.testing.assert_close(analytic, numeric, atol=1e-7, rtol=1e-4)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["WeightNet", "WeightFunction", "WeightProfile", "weight_profile"]
+__all__ = ["WeightNet", "ClassAwareWeightNet", "WeightFunction", "WeightProfile", "weight_profile", "size_groups"]
 
 #: A weighting function whose weights differ by less than this fraction of their largest value
 #: over the losses seen is "flat": every sample gets (nearly) the same weight, so the step is
@@ -106,6 +106,95 @@ class WeightNet(nn.Module):
         return torch.sigmoid(self.output(self.relu(self.hidden(losses))))
 
 
+def size_groups(class_counts, n_groups: int = 3) -> np.ndarray:
+    """Cluster classes by their training size: group 0 holds the rarest classes.
+
+    One-dimensional k-means on the log of the counts (CMW-Net clusters classes by size); with
+    fewer distinct sizes than groups, each size is its own group.
+    """
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if counts.ndim != 1 or len(counts) == 0 or np.any(counts < 0):
+        raise ValueError(f"class_counts must be a 1-d array of non-negative counts, got {class_counts!r}")
+    values = np.log1p(counts)
+    distinct = np.unique(values)
+    if len(distinct) <= n_groups:
+        return np.searchsorted(distinct, values).astype(np.int64)
+    # Lloyd's iterations from evenly spaced quantiles: deterministic, and fine in one dimension
+    centers = np.quantile(values, (np.arange(n_groups) + 0.5) / n_groups)
+    for _ in range(100):
+        groups = np.abs(values[:, None] - centers[None]).argmin(1)
+        new = np.array([values[groups == g].mean() if np.any(groups == g) else centers[g] for g in range(n_groups)])
+        if np.allclose(new, centers):
+            break
+        centers = new
+    order = np.argsort(centers)
+    return np.argsort(order)[np.abs(values[:, None] - centers[None]).argmin(1)].astype(np.int64)
+
+
+class ClassAwareWeightNet(nn.Module):
+    """A class-aware weighting function (CMW-Net, Shu et al., TPAMI 2023): the weight of a
+    sample depends on its loss and on the size group of its class.
+
+    Classes are clustered by their training size into ``n_groups`` groups
+    (:func:`size_groups`); a shared hidden layer reads the loss and each group has its own
+    output head: ``sigmoid(head_g(ReLU(Linear(1, hidden_size)(loss))))`` for a sample of a class
+    in group g. So rare classes can learn another loss-to-weight map than common ones, which a
+    loss-only weight net cannot express under class imbalance. ``MetaWeightClassifier`` sets the
+    groups from the training labels at the start of a fit (:meth:`set_class_counts`) and passes
+    the labels to the net (``uses_labels``).
+
+    Parameters
+    ----------
+    n_groups : int, default=3
+        Number of class-size groups (3 in CMW-Net).
+    hidden_size : int, default=100
+        Width of the shared hidden layer.
+
+    Attributes
+    ----------
+    class_groups : torch.Tensor of int64, shape (n_classes,)
+        The group of each class (a buffer, saved with the net); empty before the counts are set,
+        when every sample is read with the first group's head.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = ClassAwareWeightNet(n_groups=2)
+    >>> net.set_class_counts([500, 480, 20, 9])
+    >>> net.class_groups.tolist()
+    [1, 1, 0, 0]
+    >>> net(torch.tensor([[0.3], [2.0]]), torch.tensor([0, 3])).shape
+    torch.Size([2, 1])
+    """
+
+    uses_labels = True
+
+    def __init__(self, n_groups: int = 3, hidden_size: int = 100):
+        super().__init__()
+        if int(n_groups) < 1 or int(hidden_size) < 1:
+            raise ValueError(f"n_groups and hidden_size must be positive integers, got {n_groups!r}, {hidden_size!r}")
+        self.n_groups = int(n_groups)
+        self.hidden_size = int(hidden_size)
+        self.hidden = nn.Linear(1, self.hidden_size)
+        self.relu = nn.ReLU(inplace=False)
+        self.heads = nn.Linear(self.hidden_size, self.n_groups)
+        self.register_buffer("class_groups", torch.zeros(0, dtype=torch.long))
+
+    def set_class_counts(self, class_counts):
+        """Group the classes by these training counts (index = class index)."""
+        groups = torch.as_tensor(size_groups(class_counts, self.n_groups), device=self.heads.weight.device)
+        self.class_groups = groups
+
+    def forward(self, losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Weights for ``losses`` of shape ``(n, 1)`` and class indices ``labels`` of shape ``(n,)``."""
+        out = self.heads(self.relu(self.hidden(losses)))
+        if self.class_groups.numel():
+            groups = self.class_groups[labels.long().reshape(-1)]
+        else:
+            groups = torch.zeros(len(losses), dtype=torch.long, device=losses.device)
+        return torch.sigmoid(out.gather(1, groups[:, None]))
+
+
 class WeightFunction:
     """The learned loss-to-weight map of a fitted :class:`MetaWeightClassifier`.
 
@@ -137,7 +226,18 @@ class WeightFunction:
         self.weight_net = net
         self.loss_range = None if loss_range is None else (float(loss_range[0]), float(loss_range[1]))
 
-    def __call__(self, losses):
+    @property
+    def uses_labels(self) -> bool:
+        """Whether the function is class-aware (then it is called with the class indices too)."""
+        return bool(getattr(self.weight_net, "uses_labels", False))
+
+    def __call__(self, losses, labels=None):
+        if self.uses_labels:
+            if labels is None:
+                raise ValueError("this weighting function is class-aware: pass the class index of each loss "
+                                 "(weight_function_(losses, labels)); positions in the estimator's classes_")
+            label_t = torch.as_tensor(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels),
+                                      dtype=torch.long).reshape(-1)
         is_tensor = isinstance(losses, torch.Tensor)
         if is_tensor:
             device, dtype = losses.device, losses.dtype
@@ -148,13 +248,18 @@ class WeightFunction:
             shape = arr.shape
             flat = torch.from_numpy(np.ascontiguousarray(arr).reshape(-1, 1))
         with torch.no_grad():
-            weights = self.weight_net(flat).reshape(shape)
+            if self.uses_labels:
+                if len(label_t) == 1 and len(flat) > 1:  # one class for every loss (curves)
+                    label_t = label_t.expand(len(flat))
+                weights = self.weight_net(flat, label_t).reshape(shape)
+            else:
+                weights = self.weight_net(flat).reshape(shape)
         if is_tensor:
             return weights.to(device=device, dtype=dtype if dtype.is_floating_point else torch.float32)
         out = weights.numpy().astype(np.float64)
         return out if out.ndim else float(out)
 
-    def curve(self, loss_min: float = 0.0, loss_max: float = 10.0, n_points: int = 200):
+    def curve(self, loss_min: float = 0.0, loss_max: float = 10.0, n_points: int = 200, label=None):
         """Evaluate the function on an evenly spaced grid of losses.
 
         Parameters
@@ -163,6 +268,9 @@ class WeightFunction:
             Range of losses (cross-entropy losses are >= 0).
         n_points : int, default=200
             Number of grid points.
+        label : int or None, default=None
+            For a class-aware function: the class index to evaluate for; None averages over
+            the classes.
 
         Returns
         -------
@@ -171,9 +279,9 @@ class WeightFunction:
         if not loss_max > loss_min:
             raise ValueError(f"loss_max ({loss_max}) must be greater than loss_min ({loss_min})")
         losses = np.linspace(loss_min, loss_max, int(n_points))
-        return losses, self(losses)
+        return losses, self._of_losses(losses, label)
 
-    def profile(self, loss_min: float | None = None, loss_max: float | None = None) -> WeightProfile:
+    def profile(self, loss_min: float | None = None, loss_max: float | None = None, label=None) -> WeightProfile:
         """The function's shape over ``[loss_min, loss_max]`` (default: the losses seen in fit).
 
         One line tells whether Meta-Weight-Net learned something: ``clf.weight_function_.profile()``
@@ -185,7 +293,17 @@ class WeightFunction:
                 raise ValueError("no loss range was recorded for this function: pass loss_min and loss_max")
             loss_min = self.loss_range[0] if loss_min is None else loss_min
             loss_max = self.loss_range[1] if loss_max is None else loss_max
-        return weight_profile(self, loss_min, loss_max)
+        return weight_profile(lambda losses: self._of_losses(losses, label), loss_min, loss_max)
+
+    def _of_losses(self, losses, label=None):
+        """The weights of ``losses``; a class-aware function is read for ``label`` or averaged
+        over the classes."""
+        if not self.uses_labels:
+            return self(losses)
+        if label is not None:
+            return self(losses, [label])
+        n_classes = max(int(self.weight_net.class_groups.numel()), 1)
+        return np.mean([self(losses, [k]) for k in range(n_classes)], axis=0)
 
     def __repr__(self) -> str:
         if self.loss_range is None:
