@@ -174,7 +174,9 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
             from cleanlab.classification import CleanLearning
         except ImportError:
             return None
-        est = CleanLearning(plain_counterpart(base), seed=seed, verbose=False).fit(X, y_noisy)
+        # n_jobs=1: the study runs each fit in its own (daemonic) worker process
+        est = CleanLearning(plain_counterpart(base), seed=seed, verbose=False,
+                            find_label_issues_kwargs={"n_jobs": 1}).fit(X, y_noisy)
     elif method == "oversample":
         try:
             from imblearn.over_sampling import RandomOverSampler
