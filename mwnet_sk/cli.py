@@ -8,7 +8,8 @@ Subcommands:
 * ``reproduce``: the paper's experiments by name (``mwnet-sk reproduce --list``);
   ``--smoke`` checks the pipeline on tiny generated data in seconds
   (:mod:`mwnet_sk.reproduce.runner`).
-* ``benchmark``: time plain and Meta-Weight-Net training steps side by side
+* ``benchmark``: time plain and Meta-Weight-Net training steps side by side, and with
+  ``--data-parallel 1,2`` data-parallel fits under torchrun with 1 and 2 processes
   (:mod:`mwnet_sk.reproduce.benchmark`).
 
 Bad values stop a command with one line on stderr and exit status 2; the library's messages
@@ -80,6 +81,18 @@ def _device(text: str) -> str:
     if value != "auto" and not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda or cuda:N")
     return value
+
+
+def _process_counts(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        counts = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of process counts, "
+                                         "e.g. 1,2") from None
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"process counts must be distinct positive integers, got {text}")
+    return counts
 
 
 def _setting(text: str) -> tuple[str, str]:
@@ -236,7 +249,15 @@ def _cmd_reproduce(args) -> int:
 def _cmd_benchmark(args) -> int:
     import json
 
-    from .reproduce.benchmark import CUDA_MODES, MODES, format_benchmark, resolve_mode, run_benchmark, run_fit_benchmark
+    from .reproduce.benchmark import (
+        CUDA_MODES,
+        MODES,
+        format_benchmark,
+        resolve_mode,
+        run_benchmark,
+        run_data_parallel_benchmark,
+        run_fit_benchmark,
+    )
 
     if args.list_modes:
         for m in MODES.values():
@@ -255,7 +276,29 @@ def _cmd_benchmark(args) -> int:
         print("note: bf16 / channels_last modes are meant for CUDA; timing them on the CPU", file=sys.stderr)
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = []
-    if not args.no_steps:
+    if args.data_parallel:
+        if args.modes is not None:
+            raise CLIError("--modes times single-process steps; --data-parallel times whole fits (drop one)")
+        kind = device.partition(":")[0]
+        if kind not in ("cpu", "cuda"):
+            raise CLIError(f"--data-parallel runs on cpu (gloo) or cuda (NCCL), not --device {device}")
+        if kind == "cuda":
+            import torch
+
+            if max(args.data_parallel) > torch.cuda.device_count():
+                raise CLIError(f"--data-parallel {max(args.data_parallel)} needs one GPU per process; "
+                               f"{torch.cuda.device_count()} are visible")  # fmt: skip
+        try:
+            result = run_data_parallel_benchmark(
+                args.model, kind, args.batch_size, args.data_parallel, args.steps, args.warmup,
+                meta_batch_size=args.meta_batch_size, num_classes=args.num_classes, image_size=args.image_size,
+                threads=args.threads or 1, seed=args.seed, progress=progress,
+            )  # fmt: skip
+        except RuntimeError as err:
+            raise CLIError(str(err).replace("\n", " | ")) from None
+        print(format_benchmark(result))
+        results.append(result)
+    elif not args.no_steps:
         result = run_benchmark(
             args.model, device, args.batch_size, args.steps, args.warmup, modes,
             meta_batch_size=args.meta_batch_size, num_classes=args.num_classes, image_size=args.image_size,
@@ -370,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark",
         help="time Meta-Weight-Net training steps against plain steps",
         description="Time plain skorch-style steps and Meta-Weight-Net steps side by side (interleaved; "
-        "medians), and optionally whole fit epochs.",
+        "medians), optionally whole fit epochs, or (--data-parallel 1,2) data-parallel fits under torchrun "
+        "with their throughput and scaling efficiency.",
     )
     bench.add_argument("--model", type=_model_name, default="small_cnn", metavar="MODEL",
                        help=f"one of {', '.join(MODEL_NAMES)} (default small_cnn)")  # fmt: skip
@@ -390,13 +434,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-memory", action="store_true", help="skip the CUDA peak-memory pass")
     bench.add_argument("--no-steps", action="store_true", help="skip the step benchmark")
     bench.add_argument("--fit-epoch", action="store_true",
-                       help="also time whole fit epochs (MetaWeightClassifier vs a plain skorch classifier)")  # fmt: skip
+                       help="also time whole fit epochs (MetaWeightClassifier, its plain counterpart and a "
+                       "plain skorch classifier)")  # fmt: skip
     bench.add_argument("--fit-batches", type=_positive(int), default=8, help="batches per fit epoch (default 8)")
     bench.add_argument("--fit-repeats", type=_positive(int), default=3, help="timed epochs per estimator (default 3)")
     bench.add_argument("--gpu-data-path", action="store_true",
                        help="fit epochs with uint8 data on the device and cifar_augment (MW-Net only)")  # fmt: skip
     bench.add_argument("--precision", choices=("bf16", "fp16"), default=None, help="fit epochs: autocast dtype")
     bench.add_argument("--channels-last", action="store_true", help="fit epochs: channels_last")
+    bench.add_argument("--data-parallel", type=_process_counts, default=None, metavar="N,M",
+                       help="instead of the step benchmark, time data-parallel fits launched with torchrun, "
+                       "one launch per process count (e.g. 1,2; gloo on the CPU, NCCL with --device cuda); "
+                       "--batch-size is per process, --threads per process (default 1)")  # fmt: skip
     bench.add_argument("--json", default=None, help="also write the results to this JSON file")
     bench.add_argument("--quiet", action="store_true", help="no progress lines")
     bench.set_defaults(func=_cmd_benchmark)

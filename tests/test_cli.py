@@ -53,6 +53,10 @@ def test_help_lists_the_commands(capsys):
         (["reproduce", "clothing1m", "--set", "lr"], "argument --set: 'lr' is not KEY=VALUE"),
         (["benchmark", "--model", "vgg"], "argument --model: unknown model 'vgg'"),
         (["benchmark", "--modes", "plain,nope", "--device", "cpu"], "--modes: unknown mode 'nope'"),
+        (["benchmark", "--data-parallel", "1,x"], "argument --data-parallel: '1,x' is not a comma-separated list"),
+        (["benchmark", "--data-parallel", "0,2"], "argument --data-parallel: process counts must be distinct positive"),
+        (["benchmark", "--data-parallel", "1,2", "--modes", "plain", "--device", "cpu"],
+         "--modes times single-process steps; --data-parallel times whole fits"),
     ],
 )
 def test_bad_values_give_one_clean_line(argv, message, capsys):
@@ -155,3 +159,26 @@ def test_benchmark_script_is_the_same_command_line(monkeypatch, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: mwnet-sk benchmark") and "--modes" in out and "--fit-epoch" in out
+
+
+def test_benchmark_data_parallel_flags_reach_the_api(monkeypatch, capsys):
+    from mwnet_sk.reproduce import benchmark
+
+    calls = []
+
+    def fake(model, device, batch_size, processes, steps, warmup, **kwargs):
+        calls.append(dict(model=model, device=device, batch_size=batch_size, processes=processes, steps=steps,
+                          warmup=warmup, **kwargs))  # fmt: skip
+        rows = benchmark._data_parallel_rows({("mwnet", n): [10.0 * n] for n in processes}, list(processes),
+                                             ["mwnet"], batch_size)  # fmt: skip
+        return benchmark.BenchmarkResult(rows, {"processes": list(processes)}, {}, title="data-parallel benchmark")
+
+    monkeypatch.setattr(benchmark, "run_data_parallel_benchmark", fake)
+    assert main(["benchmark", "--data-parallel", "1,2", "--model", "mlp", "--device", "cpu", "--batch-size", "32",
+                 "--steps", "4", "--quiet"]) == 0  # fmt: skip
+    (call,) = calls
+    assert (call["model"], call["device"], call["batch_size"], call["processes"]) == ("mlp", "cpu", 32, (1, 2))
+    assert call["threads"] == 1 and call["steps"] == 4  # one thread per process unless --threads says otherwise
+    out = capsys.readouterr().out
+    assert "| mwnet_dp2 | 2 | 20.0 |" in out and "| 50% |" in out
+    assert "| plain |" not in out  # the step benchmark did not run

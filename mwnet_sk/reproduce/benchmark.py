@@ -9,11 +9,13 @@ device is synchronised before and after each unit, and peak memory is measured p
 separate pass (``torch.cuda.reset_peak_memory_stats`` before each mode, the mode's own model,
 optimizer state, gradients and temporaries counted, nothing of the other modes).
 
-Use :func:`run_benchmark` (step level, :class:`~mwnet_sk.core.bilevel.BilevelStep`), or
-:func:`run_fit_benchmark` (whole ``fit`` epochs of :class:`~mwnet_sk.MetaWeightClassifier` and of
-a plain skorch ``NeuralNetClassifier`` on the same data: the glue overhead), and print the result
-with :func:`format_benchmark`. ``mwnet-sk benchmark`` (and ``python benchmarks/bench_step.py``)
-is the command line over these functions.
+Use :func:`run_benchmark` (step level, :class:`~mwnet_sk.core.bilevel.BilevelStep`),
+:func:`run_fit_benchmark` (whole ``fit`` epochs of :class:`~mwnet_sk.MetaWeightClassifier`, of
+its plain counterpart and of a plain skorch ``NeuralNetClassifier`` on the same data: the glue
+overhead) or :func:`run_data_parallel_benchmark` (``fit`` under ``torchrun`` with 1, 2, ...
+processes: step time, throughput and scaling efficiency), and print the result with
+:func:`format_benchmark`. ``mwnet-sk benchmark`` (and ``python benchmarks/bench_step.py``) is the
+command line over these functions.
 
 Examples
 --------
@@ -29,15 +31,22 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import json
 import platform
 import re
+import signal
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from skorch.callbacks import Callback
 from torch import nn
 
 from .report import provenance
@@ -53,6 +62,7 @@ __all__ = [
     "format_benchmark",
     "resolve_mode",
     "run_benchmark",
+    "run_data_parallel_benchmark",
     "run_fit_benchmark",
 ]
 
@@ -132,6 +142,9 @@ class BenchmarkRow:
     peak_mem_mb: float | None = None  # CUDA only
     peak_mem_ratio: float | None = None  # peak / peak of the "plain" mode
     epoch_s: float | None = None  # run_fit_benchmark only: median seconds per epoch
+    processes: int | None = None  # run_data_parallel_benchmark only: processes of the run
+    samples_per_s: float | None = None  # run_data_parallel_benchmark only: global batch / median step time
+    scaling_efficiency: float | None = None  # throughput / (processes x the one-process throughput)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -198,7 +211,8 @@ class _OtherLoad:
     """CPU time other processes used while the benchmark ran, in cores (Linux; else None).
 
     On a shared machine the interleaving keeps the comparison fair, but absolute times and
-    their spread still suffer; this number says how much (0.0 is a quiet machine).
+    their spread still suffer; this number says how much (0.0 is a quiet machine). The
+    benchmark's own child processes (the data-parallel runs) are not "other" processes.
     """
 
     def __init__(self):
@@ -212,7 +226,7 @@ class _OtherLoad:
 
     def __enter__(self):
         try:
-            self._start = (self._busy_seconds(), sum(os.times()[:2]), time.perf_counter())
+            self._start = (self._busy_seconds(), sum(os.times()[:4]), time.perf_counter())
         except (OSError, ValueError, AttributeError):
             self._start = None
         return self
@@ -221,7 +235,7 @@ class _OtherLoad:
         if self._start is None:
             return False
         try:
-            busy, own, wall = self._busy_seconds(), sum(os.times()[:2]), time.perf_counter()
+            busy, own, wall = self._busy_seconds(), sum(os.times()[:4]), time.perf_counter()
         except (OSError, ValueError, AttributeError):
             return False
         b0, o0, w0 = self._start
@@ -574,26 +588,31 @@ def run_fit_benchmark(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
-    """Whole ``fit`` epochs: skorch ``NeuralNetClassifier`` vs :class:`MetaWeightClassifier`.
+    """Whole ``fit`` epochs: skorch ``NeuralNetClassifier``, the library's plain training and
+    :class:`MetaWeightClassifier`.
 
-    Both see the same synthetic training set of ``n_batches * batch_size`` rows (the MW-Net
-    estimator also a meta set of ``meta_size`` rows, default ``batch_size``); each timed sample
-    is one epoch (``partial_fit`` with ``max_epochs=1`` on an initialised net), alternating
-    between the two estimators. The rows report ms per training step (epoch time divided by
-    the number of batches) and seconds per epoch; compare them with :func:`run_benchmark` to see
-    what the skorch glue costs.
+    All see the same synthetic training set of ``n_batches * batch_size`` rows; the MW-Net
+    estimator also gets a meta set of ``meta_size`` rows (default ``batch_size``), and its plain
+    counterpart (:func:`~mwnet_sk.reproduce.baselines.make_plain_baseline`) the same meta set,
+    trained on like every row (the estimator's default ``train_on_meta=True``). Each timed
+    sample is one epoch (``partial_fit`` with ``max_epochs=1`` on an initialised net),
+    alternating between the estimators. The rows report ms per training step (epoch time
+    divided by ``n_batches``) and seconds per epoch; compare them with :func:`run_benchmark` to
+    see what the skorch glue costs.
 
     With ``gpu_data_path=True`` the data are uint8 HWC images kept on the device
     (``data_on_device=True``) and augmented there by :func:`mwnet_sk.augment.cifar_augment`
-    (random crop, flip, normalisation); plain skorch has no such path, so only the
-    MW-Net estimator is timed. ``precision`` and ``channels_last`` are passed to the estimator.
+    (random crop, flip, normalisation); plain skorch has no such path, so only the library's
+    estimators are timed. ``precision`` and ``channels_last`` are passed to them.
     ``n_batches=490, batch_size=100`` is one CIFAR-10 epoch of the paper's setting (49,000
-    training images after the 1,000-image meta set).
+    training images after the 1,000-image meta set). The ratios are to skorch's epoch (to the
+    plain counterpart's on the GPU data path).
     """
     import numpy as np
     from skorch import NeuralNetClassifier
 
     from ..estimator import MetaWeightClassifier
+    from .baselines import make_plain_baseline
 
     device = torch.device(device)
     name, factory = _model_factory(model, num_classes, model_kwargs)
@@ -639,16 +658,16 @@ def run_fit_benchmark(
         from ..augment import cifar_augment
 
         extra = {"batch_transform": cifar_augment("cifar10"), "data_on_device": True}
-    estimators["mwnet_epoch"] = (
-        "MetaWeightClassifier.partial_fit, 1 epoch (exact)"
-        + (", GPU data path" if gpu_data_path else "")
-        + (f", {precision}" if precision else "")
-        + (", channels_last" if channels_last else ""),
-        MetaWeightClassifier(
-            module, precision=precision, channels_last=channels_last,
-            random_state=seed, **extra, **common,
-        ),
+    options = ((", GPU data path" if gpu_data_path else "") + (f", {precision}" if precision else "")
+               + (", channels_last" if channels_last else ""))  # fmt: skip
+    mwnet = MetaWeightClassifier(module, precision=precision, channels_last=channels_last, random_state=seed,
+                                 **extra, **common)  # fmt: skip
+    estimators["plain_epoch"] = (
+        "PlainClassifier.partial_fit (plain counterpart), 1 epoch" + options, make_plain_baseline(mwnet),
         {"meta": (X_meta, y_meta)},
+    )  # fmt: skip
+    estimators["mwnet_epoch"] = (
+        "MetaWeightClassifier.partial_fit, 1 epoch (exact)" + options, mwnet, {"meta": (X_meta, y_meta)},
     )  # fmt: skip
 
     with _threads(threads), _fork_rng(device):
@@ -677,7 +696,8 @@ def run_fit_benchmark(
         row = _summarise(Mode(key, description), per_step, 1)
         row.epoch_s = statistics.median(samples[key])
         rows.append(row)
-    base = next((r for r in rows if r.mode == "skorch_epoch"), None)
+    # ratios to skorch's own loop; on the GPU data path (no skorch row) to the plain counterpart
+    base = next((r for r in rows if r.mode == "skorch_epoch"), None) or next(r for r in rows if r.mode == "plain_epoch")
     if base is not None:
         for r in rows:
             r.ratio = r.ms_per_step / base.ms_per_step
@@ -709,26 +729,324 @@ class _ModuleFactory:
         return self.factory()
 
 
+# --------------------------------------------------------------------------- data-parallel benchmark
+DATA_PARALLEL_ESTIMATORS: tuple[str, ...] = ("mwnet", "plain")
+"""What :func:`run_data_parallel_benchmark` fits: Meta-Weight-Net and its plain counterpart."""
+
+_DP_DESCRIPTIONS = {
+    "mwnet": "MetaWeightClassifier.fit (exact meta-gradient, no warm-up)",
+    "plain": "PlainClassifier.fit (plain counterpart)",
+}
+_WORKER_MODULE = "mwnet_sk.reproduce._data_parallel_worker"
+
+
+def run_data_parallel_benchmark(
+    model="small_cnn",
+    device="cpu",
+    batch_size: int = 64,
+    processes: Sequence[int] = (1, 2),
+    steps: int = 20,
+    warmup: int = 3,
+    *,
+    meta_batch_size: int | None = None,
+    estimators: Sequence[str] = DATA_PARALLEL_ESTIMATORS,
+    num_classes: int = 10,
+    image_size: int = 32,
+    model_kwargs: dict | None = None,
+    threads: int = 1,
+    seed: int = 0,
+    timeout: float = 600.0,
+    progress: Callable[[str], None] | None = None,
+) -> BenchmarkResult:
+    """Data-parallel ``fit`` under ``torchrun`` with 1, 2, ... processes, side by side.
+
+    For every number of processes N in ``processes``, launches ``python -m
+    torch.distributed.run --nproc_per_node=N --master_addr=127.0.0.1 --master_port=<free port>``
+    on this machine. Every process runs the same script: it builds a synthetic training set of
+    ``(warmup + steps) * N * batch_size`` rows and a meta set of ``N * meta_batch_size`` rows,
+    and fits a :class:`~mwnet_sk.MetaWeightClassifier` on ``model`` for one epoch (the
+    estimator's defaults, except ``warmup_epochs=0`` so that every step is a Meta-Weight-Net
+    step, and ``train_on_meta=False`` so that every step has a full global batch), then its plain
+    counterpart (:class:`~mwnet_sk.PlainClassifier`) the same way. ``fit`` joins the process
+    group the launcher describes (gloo on the CPU, NCCL on CUDA with one GPU per process), and
+    ``batch_size`` is per process, so a step of N processes trains ``N * batch_size`` rows. The
+    first process times every training step (end of one step to the end of the next, the whole
+    ``fit`` loop included; the processes move in lockstep, joined by their all-reduces) and
+    the first ``warmup`` steps are left out. A one-process run is a plain single-process ``fit``
+    (torchrun with one process sets up no process group).
+
+    Parameters
+    ----------
+    model : str, default="small_cnn"
+        A name for :func:`mwnet_sk.models.get_model` (the processes build it themselves).
+    device : str, default="cpu"
+        ``"cpu"`` (gloo) or ``"cuda"`` (NCCL; needs as many visible GPUs as processes).
+    batch_size : int, default=64
+        Training batch size per process.
+    processes : sequence of int, default=(1, 2)
+        The numbers of processes to run, each in its own launch. Include 1 to get the scaling
+        efficiencies.
+    steps : int, default=20
+        Timed steps per estimator and launch.
+    warmup : int, default=3
+        Untimed steps first.
+    meta_batch_size : int, optional
+        Meta batch size per process; default ``batch_size``.
+    estimators : sequence of {"mwnet", "plain"}, default=("mwnet", "plain")
+        What to fit in every launch.
+    num_classes, image_size : int
+        Synthetic data: ``(3, image_size, image_size)`` Gaussian images (``(64,)`` features for
+        ``"mlp"``) with uniform labels.
+    model_kwargs : dict, optional
+        Extra constructor arguments for the model (JSON-serialisable).
+    threads : int, default=1
+        torch CPU threads per process (``OMP_NUM_THREADS`` and ``torch.set_num_threads``), the
+        same for every N: on a CPU, N processes then use N times the cores of one.
+    seed : int, default=0
+        Seeds the synthetic data, the initial weights and the batch order.
+    timeout : float, default=600
+        Seconds one launch may take; a launch that runs longer is stopped with all its
+        processes.
+    progress : callable, optional
+        Called with a short status line as the run advances (e.g. ``print``).
+
+    Returns
+    -------
+    BenchmarkResult
+        One :class:`BenchmarkRow` per estimator and number of processes (mode
+        ``"<estimator>_dp<N>"``): ms per step, ``processes``, ``samples_per_s`` (global batch
+        over the median step time), ``scaling_efficiency`` (throughput with N processes over N
+        times the throughput with one; 1.0 is perfect scaling) and ``ratio`` (Meta-Weight-Net's
+        step time over the plain one's with the same N).
+
+    Raises
+    ------
+    RuntimeError
+        A launch failed; the message ends with the last lines the processes wrote.
+    """
+    device = torch.device(device)
+    counts = [int(n) for n in processes]
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise ValueError(f"processes must be distinct positive integers, got {list(processes)}")
+    unknown = [e for e in estimators if e not in DATA_PARALLEL_ESTIMATORS]
+    if unknown or not estimators:
+        raise ValueError(f"estimators must be some of {DATA_PARALLEL_ESTIMATORS}, got {list(estimators)}")
+    if not isinstance(model, str):
+        raise TypeError(f"the data-parallel benchmark builds the model in every process: pass its name, got {model!r}")
+    steps, warmup, threads = int(steps), int(warmup), int(threads)
+    if steps < 1 or warmup < 0 or threads < 1:
+        raise ValueError("steps and threads must be >= 1 and warmup >= 0")
+    if device.type == "cuda" and max(counts) > torch.cuda.device_count():
+        raise ValueError(f"{max(counts)} processes need {max(counts)} GPUs (one each); "
+                         f"{torch.cuda.device_count()} are visible")  # fmt: skip
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"data-parallel training runs on cpu (gloo) or cuda (NCCL), not {device.type}")
+    name, _ = _model_factory(model, num_classes, model_kwargs)  # checks the name
+    meta_batch_size = int(meta_batch_size or batch_size)
+    say = progress or (lambda _msg: None)
+    worker_config = {
+        "model": name, "model_kwargs": dict(model_kwargs or {}), "device": device.type,
+        "batch_size": int(batch_size), "meta_batch_size": meta_batch_size, "steps": steps, "warmup": warmup,
+        "estimators": list(estimators), "num_classes": int(num_classes), "image_size": int(image_size),
+        "threads": threads, "seed": int(seed),
+    }  # fmt: skip
+    env = environment("cpu" if device.type == "cpu" else "cuda")
+    env["torch_threads"] = threads  # per process
+    samples: dict[tuple[str, int], list[float]] = {}
+    launches: dict[str, dict] = {}  # per launch: the processes the workers saw, the machine's other load
+    with tempfile.TemporaryDirectory(prefix="mwnet-dp-bench-") as tmp:
+        config_path = os.path.join(tmp, "config.json")
+        with open(config_path, "w") as fh:
+            json.dump(worker_config, fh)
+        for n in counts:
+            say(f"{n} process{'es' if n > 1 else ''}: launching torchrun")
+            out_path = os.path.join(tmp, f"times-{n}.json")
+            with _OtherLoad() as other:
+                _launch_torchrun(n, [config_path, out_path], threads, timeout)
+            with open(out_path) as fh:
+                measured = json.load(fh)
+            launches[str(n)] = {"world_size": measured["world_size"], "other_processes_cores": other.cores}
+            for kind in estimators:
+                samples[(kind, n)] = measured["ms_per_step"][kind]
+            say(f"{n} process{'es' if n > 1 else ''}: done")
+    loads = [launch["other_processes_cores"] for launch in launches.values()]
+    env["other_processes_cores"] = max((c for c in loads if c is not None), default=None)
+    env["launches"] = launches
+
+    rows = _data_parallel_rows(samples, counts, estimators, int(batch_size))
+    config = {
+        "model": name,
+        "device": device.type,
+        "backend": "nccl" if device.type == "cuda" else "gloo",
+        "batch_size": int(batch_size),
+        "meta_batch_size": meta_batch_size,
+        "processes": counts,
+        "threads_per_process": threads,
+        "steps": steps,
+        "warmup": warmup,
+        "seed": int(seed),
+        "estimators": list(estimators),
+        "input_shape": list(_input_shape(name, image_size, model_kwargs)),
+    }
+    return BenchmarkResult(rows, config, env, title="data-parallel benchmark")
+
+
+def _data_parallel_rows(samples, counts, estimators, batch_size) -> list[BenchmarkRow]:
+    """Rows from the step times (ms) of each (estimator, processes): throughput, scaling
+    efficiency against the one-process run, ratio to plain training with as many processes."""
+    rows = []
+    for kind in estimators:
+        for n in counts:
+            mode = Mode(f"{kind}_dp{n}", f"{_DP_DESCRIPTIONS[kind]}, {n} process{'es' if n > 1 else ''}")
+            row = _summarise(mode, samples[(kind, n)], 1)
+            row.processes = n
+            row.samples_per_s = n * batch_size / (row.ms_per_step / 1000.0)
+            rows.append(row)
+    by_mode = {row.mode: row for row in rows}
+    for row in rows:
+        kind = row.mode.rsplit("_dp", 1)[0]
+        single = by_mode.get(f"{kind}_dp1")
+        if single is not None:
+            row.scaling_efficiency = row.samples_per_s / (row.processes * single.samples_per_s)
+        plain = by_mode.get(f"plain_dp{row.processes}")
+        if plain is not None:
+            row.ratio = row.ms_per_step / plain.ms_per_step
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_torchrun(n: int, args: Sequence[str], threads: int, timeout: float) -> None:
+    """Run the worker script under torchrun with ``n`` processes on this machine."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
+    for _attempt in range(3):
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", _WORKER_MODULE, *args]  # fmt: skip
+        # a session of its own: a launch that times out is stopped with every process it started
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)  # fmt: skip
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise RuntimeError(f"the {n}-process run took longer than {timeout:g} s and was stopped") from None
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+        if proc.returncode == 0:
+            return
+        if "address already in use" not in output.lower():  # another program took the free port: retry
+            break
+    tail = "\n".join(output.strip().splitlines()[-15:])
+    raise RuntimeError(f"the {n}-process run failed (exit status {proc.returncode}):\n{tail}")
+
+
+class _StepTimes(Callback):
+    """A skorch callback: when each training step began and ended (the device synchronised)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def on_train_begin(self, net, **kwargs):
+        self.begins_: list[float] = []
+        self.ends_: list[float] = []
+
+    def on_batch_begin(self, net, training=False, **kwargs):
+        if training:
+            _sync(torch.device(self.device))
+            self.begins_.append(time.perf_counter())
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            _sync(torch.device(self.device))
+            self.ends_.append(time.perf_counter())
+
+    def step_ms(self, first: int) -> list[float]:
+        """Milliseconds of each step from step ``first`` on: from the end of the previous step
+        (the start of the very first one) to its end."""
+        starts = [self.begins_[0]] + self.ends_[:-1]
+        return [1000.0 * (end - start) for start, end in zip(starts[first:], self.ends_[first:])]
+
+
+def _time_data_parallel_fits(config: dict, out_path: str) -> None:
+    """The script of every launched process (see :func:`run_data_parallel_benchmark`)."""
+    import numpy as np
+
+    from ..estimator import MetaWeightClassifier
+    from .baselines import make_plain_baseline
+
+    torch.set_num_threads(int(config["threads"]))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    batch_size, meta_batch_size = int(config["batch_size"]), int(config["meta_batch_size"])
+    n_steps = int(config["warmup"]) + int(config["steps"])
+    name, factory = _model_factory(config["model"], config["num_classes"], config["model_kwargs"])
+    shape = _input_shape(name, config["image_size"], config["model_kwargs"])
+    # every process builds the same data; fit gives each its part of every global batch
+    rng = np.random.RandomState(config["seed"])
+    n_train, n_meta = n_steps * world_size * batch_size, world_size * meta_batch_size
+    X = rng.standard_normal((n_train, *shape)).astype(np.float32)
+    X_meta = rng.standard_normal((n_meta, *shape)).astype(np.float32)
+    y = rng.randint(0, config["num_classes"], n_train).astype(np.int64)
+    y[: config["num_classes"]] = np.arange(config["num_classes"])  # every class present
+    y_meta = np.arange(n_meta, dtype=np.int64) % config["num_classes"]
+    device = config["device"]
+
+    mwnet = MetaWeightClassifier(
+        _ModuleFactory(factory), lr=0.1, optimizer__momentum=0.9, optimizer__weight_decay=5e-4,
+        batch_size=batch_size, meta_batch_size=meta_batch_size, max_epochs=1, warmup_epochs=0, train_on_meta=False,
+        device=device, data_on_device=device == "cuda", verbose=0, random_state=config["seed"],
+    )  # fmt: skip
+    times = {}
+    for kind in config["estimators"]:
+        timer = _StepTimes(device)
+        net = mwnet.set_params(callbacks=[timer]) if kind == "mwnet" else make_plain_baseline(mwnet, callbacks=[timer])
+        net.fit(X, y, meta=(X_meta, y_meta))
+        if len(timer.ends_) != n_steps:
+            raise RuntimeError(f"expected {n_steps} training steps, timed {len(timer.ends_)}")
+        times[kind] = timer.step_ms(int(config["warmup"]))
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(out_path, "w") as fh:
+            json.dump({"world_size": world_size, "ms_per_step": times}, fh)
+
+
 # --------------------------------------------------------------------------- formatting
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
 def format_benchmark(result: BenchmarkResult | Sequence[BenchmarkRow]) -> str:
-    """A Markdown table (with a one-line header of the configuration and machine)."""
+    """A Markdown table (with a one-line header of the configuration and machine).
+
+    Data-parallel rows add the number of processes, the throughput and the scaling
+    efficiency; their ratio is Meta-Weight-Net's step time over the plain one's with as many
+    processes.
+    """
     rows = list(result)
     lines = []
     config = getattr(result, "config", {})
     env = getattr(result, "environment", {})
+    per_process = "processes" in config
     if config or env:
-        where = env.get("gpu") or f"{env.get('cpu', '?')}, {env.get('torch_threads', '?')} threads"
+        threads = env.get("torch_threads", "?")
+        where = f"{env.get('cpu', '?')}, {threads} thread{'s' if threads != 1 else ''}"
+        where = env.get("gpu") or (where + " per process" if per_process else where)
         what = (
             f"{config.get('model', '?')}, batch {config.get('batch_size', '?')}"
             + (f" (meta batch {config['meta_batch_size']})" if "meta_batch_size" in config else "")
+            + (" per process" if per_process else "")
             + (f", {config['n_batches']} batches/epoch" if "n_batches" in config else "")
         )
+        device = config.get("device", "?") + (f", {config['backend']}" if "backend" in config else "")
         lines.append(
-            f"{getattr(result, 'title', 'benchmark')}: {what} on {config.get('device', '?')} ({where}); "
+            f"{getattr(result, 'title', 'benchmark')}: {what} on {device} ({where}); "
             f"torch {env.get('torch', '?')}; {str(env.get('date', '?'))[:10]}"
         )
         notes = []
@@ -741,7 +1059,11 @@ def format_benchmark(result: BenchmarkResult | Sequence[BenchmarkRow]) -> str:
         lines.append("")
     has_mem = any(r.peak_mem_mb is not None for r in rows)
     has_epoch = any(r.epoch_s is not None for r in rows)
-    header = ["mode", "ms/step (median)", "IQR", "ratio"]
+    has_dp = any(r.processes is not None for r in rows)
+    header = ["mode"] + (["processes"] if has_dp else []) + ["ms/step (median)", "IQR"]
+    if has_dp:
+        header += ["samples/s", "scaling efficiency"]
+    header.append("ratio")
     if has_epoch:
         header.append("s/epoch")
     if has_mem:
@@ -750,7 +1072,11 @@ def format_benchmark(result: BenchmarkResult | Sequence[BenchmarkRow]) -> str:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] * len(header)) + "|")
     for r in rows:
-        cells = [r.mode, f"{r.ms_per_step:.1f}", f"{r.ms_q1:.1f}-{r.ms_q3:.1f}", _fmt(r.ratio, ".2f") + ("x" if r.ratio else "")]
+        cells = [r.mode] + ([_fmt(r.processes, "d")] if has_dp else []) + [f"{r.ms_per_step:.1f}",
+                                                                          f"{r.ms_q1:.1f}-{r.ms_q3:.1f}"]
+        if has_dp:
+            cells += [_fmt(r.samples_per_s, ".0f"), _fmt(r.scaling_efficiency, ".0%")]
+        cells.append(_fmt(r.ratio, ".2f") + ("x" if r.ratio else ""))
         if has_epoch:
             cells.append(_fmt(r.epoch_s, ".2f"))
         if has_mem:
