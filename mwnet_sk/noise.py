@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from sklearn.utils import _safe_indexing, check_random_state
 
+from ._validation import encode_labels
+
 __all__ = [
     "NOISE_TYPES",
     "make_long_tailed",
@@ -82,21 +84,6 @@ def _check_classes(classes: Any, y_arr: np.ndarray | None = None) -> np.ndarray:
     if np.unique(cls).size != cls.size:
         raise ValueError("classes contains duplicate labels.")
     return cls
-
-
-def _encode(y_arr: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Map labels to their position in ``classes`` (which may be in any order)."""
-    sorter = np.argsort(classes, kind="stable")
-    sorted_cls = classes[sorter]
-    pos = np.searchsorted(sorted_cls, y_arr)
-    pos_clipped = np.minimum(pos, len(classes) - 1)
-    valid = (pos < len(classes)) & (sorted_cls[pos_clipped] == y_arr)
-    if not np.all(valid):
-        unknown = np.unique(y_arr[~valid])
-        shown = ", ".join(repr(u) for u in unknown[:5].tolist())
-        more = "" if unknown.size <= 5 else f" (and {unknown.size - 5} more)"
-        raise ValueError(f"y contains labels that are not in classes: {shown}{more}.")
-    return sorter[pos_clipped]
 
 
 def _check_rate(noise_rate: Any) -> float:
@@ -338,7 +325,7 @@ def make_noisy_labels(
     if y_arr.size == 0:
         raise ValueError("y is empty.")
     cls = _check_classes(classes, y_arr)
-    idx = _encode(y_arr, cls)
+    idx = encode_labels(y_arr, cls, "y")
     rng = check_random_state(random_state)
     T = _transition_matrix(noise_rate, len(cls), noise_type, rng)
     new_idx = _sample_from_rows(T, idx, rng)
@@ -455,7 +442,7 @@ def make_long_tailed(
                 "class_order must contain exactly the classes of y; "
                 f"missing from class_order: {missing.tolist()}, not in y: {extra.tolist()}."
             )
-    idx = _encode(y_arr, order)
+    idx = encode_labels(y_arr, order, "y")
     counts = np.bincount(idx, minlength=len(order))
     K = len(order)
     n_max = int(counts.max())
@@ -556,7 +543,7 @@ def meta_mask(
     if y_arr.size == 0:
         raise ValueError("y is empty.")
     classes = np.unique(y_arr)
-    idx = _encode(y_arr, classes)
+    idx = encode_labels(y_arr, classes, "y")
     counts = np.bincount(idx, minlength=len(classes))
     want = _meta_counts(counts, n_meta_per_class, meta_size, classes)
     rng = check_random_state(random_state)

@@ -267,7 +267,7 @@ def test_matrix_with_rate_is_ambiguous():
 
 
 def test_labels_not_in_classes():
-    with pytest.raises(ValueError, match=r"not in classes: 'z'"):
+    with pytest.raises(ValueError, match=r"not among the classes .*: 'z'"):
         make_noisy_labels(["a", "b", "z"], 0.2, classes=["a", "b"])
 
 
