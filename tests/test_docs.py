@@ -98,6 +98,28 @@ def test_api_pages_render_cleanly(site):
         assert f'url=../{new}/"' in moved, old
     for page in ("paper", "protocols", "runner", "report", "fixtures", "demo", "benchmark"):
         assert (site / "api" / "reproduce" / page / "index.html").is_file(), page
+    baselines = (site / "api" / "baselines" / "index.html").read_text()
+    for name in ("PlainClassifier", "plain_counterpart"):
+        assert f'id="mwnet_sk.baselines.{name}"' in baselines, name
+    callbacks = (site / "api" / "callbacks" / "index.html").read_text()
+    for name in ("Checkpoint", "LoadInitState", "CheckpointError", "CheckpointMismatchError", "WeightMonitor",
+                 "MetaScoring"):  # fmt: skip
+        assert f'id="mwnet_sk.callbacks.{name}"' in callbacks, name
+    assert "run_data_parallel_benchmark" in (site / "api" / "reproduce" / "benchmark" / "index.html").read_text()
+
+
+def test_quoted_demo_numbers_are_those_of_the_figures_run():
+    import json
+
+    run = json.loads((DOCS / "figures" / "demo.json").read_text())
+    plain, mwnet = f"{100 * run['plain_accuracy']:.2f}%", f"{100 * run['mwnet_accuracy']:.2f}%"
+    weights = f"{run['mean_weight_clean']:.3f} / {run['mean_weight_noisy']:.3f}"
+    assert run["seed"] == 0 and run["epochs"] == 60 and run["noise_rate"] == 0.4
+    for page in (DOCS / "user-guide" / "figures.md", DOCS / "reproduction.md", ROOT / "README.md"):
+        text = page.read_text()
+        assert plain in text and mwnet in text, page.name
+    for page in (DOCS / "reproduction.md", ROOT / "README.md"):
+        assert f"| 0 | {plain} | {mwnet} | {weights} |" in page.read_text(), page.name
 
 
 def _extension():
