@@ -22,7 +22,11 @@ library's defaults before this study; the presets contribute their weighting set
 the classifier's recipe stays the study's; ``adam``, ``adam-warmup``, ``sgd``: one knob at a time
 away from the defaults) and, when installed, peers: ``cleanlab`` (cleanlab's
 ``CleanLearning`` around the plain network, trained on every labelled row) and ``oversample``
-(imbalanced-learn's ``RandomOverSampler`` before plain training; long tails only).
+(imbalanced-learn's ``RandomOverSampler`` before plain training; long tails only). Beyond the
+paper: ``class-aware`` (the defaults with :class:`mwnet_sk.ClassAwareWeightNet`; long tails only)
+and ``transfer`` (a weighting function learned on another seed's data with its meta set, frozen and
+applied to this seed's training rows without any meta set; its gain is measured against plain
+training on those same rows, without the meta rows).
 
 Every network is the same MLP (one hidden layer of 128) trained with SGD (lr 0.1, momentum
 0.9, batch 100) for 60 epochs with the learning rate divided by 10 at 80% of them. Results go
@@ -70,7 +74,7 @@ BIASES = ("uniform", "flip", "longtail")
 # extra settings: the digits with a smaller and a larger meta set
 EXTRA = ("digits-uniform-meta5", "digits-uniform-meta20", "digits-flip-meta5")
 METHODS = ("plain", "selected", "mwnet", "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020",
-           "paper", "adam", "adam-warmup", "sgd", "cleanlab", "oversample")
+           "paper", "adam", "adam-warmup", "sgd", "class-aware", "transfer", "cleanlab", "oversample")
 DEFAULT_METHODS = ("plain", "selected", "mwnet", "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020",
                    "paper", "adam-warmup", "cleanlab", "oversample")
 # one knob at a time away from the library's defaults
@@ -160,6 +164,8 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
         return None
     if method == "mwnet-2019-noise" and bias == "longtail":
         return None
+    if method == "class-aware" and bias != "longtail":
+        return None
     X, y_noisy, y_true, meta, X_test, y_test = make_data(setting, seed)
     base = make_mwnet(X.shape[1], seed, epochs)
     start = time.perf_counter()
@@ -177,6 +183,17 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
         # n_jobs=1: the study runs each fit in its own (daemonic) worker process
         est = CleanLearning(plain_counterpart(base), seed=seed, verbose=False,
                             find_label_issues_kwargs={"n_jobs": 1}).fit(X, y_noisy)
+    elif method == "transfer":
+        X_src, y_src, _, meta_src, _, _ = make_data(setting, seed + 1000)
+        source = make_mwnet(X.shape[1], seed + 1000, epochs).fit(X_src, y_src, meta=meta_src)
+        rows = ~meta  # the target has no clean rows at all
+        est = make_mwnet(X.shape[1], seed, epochs, weight_net=source.weight_function_, meta_lr=0,
+                         warmup_epochs=0).fit(X[rows], y_noisy[rows])
+        plain_rows = plain_counterpart(base).fit(X[rows], y_noisy[rows])
+        record["baseline_accuracy"] = round(float(np.mean(plain_rows.predict(X_test) == y_test)), 6)
+        weights, corrupted = est.sample_weights_, (y_noisy != y_true)[rows]
+        if corrupted.any() and not corrupted.all():
+            record["auc"] = round(float(roc_auc_score(~corrupted, weights)), 4)
     elif method == "oversample":
         try:
             from imblearn.over_sampling import RandomOverSampler
@@ -190,6 +207,10 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
 
             # the preset's weighting settings; the classifier's recipe stays the study's
             params = {k: v for k, v in get_protocol(method).estimator_params.items() if k in _WEIGHTING}
+        elif method == "class-aware":
+            from mwnet_sk import ClassAwareWeightNet
+
+            params = {"weight_net": ClassAwareWeightNet}
         else:
             params = dict(KNOBS.get(method, {}))
         est = make_mwnet(X.shape[1], seed, epochs, **params).fit(X, y_noisy, meta=meta)
@@ -261,7 +282,8 @@ def summarize(out: Path) -> str:
         if not rs:
             continue
         acc = 100 * np.mean([r["accuracy"] for r in rs])
-        gains = [100 * (r["accuracy"] - plain[(r["setting"], r["seed"])]) for r in rs]
+        # transfer is compared with plain training on its own rows (no meta set)
+        gains = [100 * (r["accuracy"] - r.get("baseline_accuracy", plain[(r["setting"], r["seed"])])) for r in rs]
         noise = setting.split("-")[1] != "longtail"
         trends = [r.get("trend") for r in rs if "trend" in r]
         flat = sum(t == "flat" for t in trends)
