@@ -89,35 +89,6 @@ class PlainClassifier(MetaSetClassifier):
                    "data_on_device", "precision", "channels_last")
     }
 
-    def __init__(
-        self,
-        module,
-        *,
-        criterion=torch.nn.CrossEntropyLoss,
-        train_split=None,
-        train_on_meta=True,
-        random_state=None,
-        nan_policy="raise",
-        batch_transform=None,
-        data_on_device=False,
-        precision=None,
-        channels_last=False,
-        **kwargs,
-    ):
-        super().__init__(
-            module,
-            criterion=criterion,
-            train_split=train_split,
-            train_on_meta=train_on_meta,
-            random_state=random_state,
-            nan_policy=nan_policy,
-            batch_transform=batch_transform,
-            data_on_device=data_on_device,
-            precision=precision,
-            channels_last=channels_last,
-            **kwargs,
-        )
-
     def _meta_required(self) -> bool:
         return False
 
