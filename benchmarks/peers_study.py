@@ -85,7 +85,8 @@ def make_data(noise: str, seed: int):
 
 def _flag_stats(flag, corrupted):
     hits = int((flag & corrupted).sum())
-    return {"precision": round(hits / max(int(flag.sum()), 1), 4), "recall": round(hits / max(int(corrupted.sum()), 1), 4),
+    return {"precision": round(hits / max(int(flag.sum()), 1), 4),
+            "recall": round(hits / max(int(corrupted.sum()), 1), 4),
             "clean_flagged": round(int((flag & ~corrupted).sum()) / max(int((~corrupted).sum()), 1), 4)}
 
 
@@ -181,7 +182,8 @@ def header() -> dict:
 
 def summarize(rows: list[dict], head: dict) -> str:
     """Per noise type: accuracy per method and seed; detection per seed."""
-    lines = [f"# peers study ({head.get('date', '?')}, {head.get('machine', '?')}, mwnet-sk {head.get('mwnet_sk', '?')})"]
+    lines = [f"# peers study ({head.get('date', '?')}, {head.get('machine', '?')}, "
+             f"mwnet-sk {head.get('mwnet_sk', '?')})"]
     rows = [r for r in rows if "method" in r]
     for noise in SETTINGS:
         mine = [r for r in rows if r["noise"] == noise]
@@ -201,8 +203,8 @@ def summarize(rows: list[dict], head: dict) -> str:
             lines.append(f"| {method} | {cells} | {100 * np.mean(done):.1f} |")
         det = {(r["method"], r["seed"]): r["detection"] for r in mine if "detection" in r}
         lines += ["", f"## digits, 40% {noise} noise: finding the corrupted rows", "",
-                  "| seed | noise rate | ours: AUC | flag P / R | flag and disagree P / R | cleanlab-lr: AUC | flag P / R "
-                  "| cleanlab-mlp: AUC | flag P / R |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| seed | noise rate | ours: AUC | flag P / R | flag and disagree P / R | cleanlab-lr: AUC "
+                  "| flag P / R | cleanlab-mlp: AUC | flag P / R |", "|---|---|---|---|---|---|---|---|---|"]
         for s in seeds:
             ours = det.get(("refit-lr", s))
             if ours is None:
@@ -237,7 +239,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="JSON-lines results file (appended to; a rerun skips what is there)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per noise type (default 5)")
     parser.add_argument("--noise", default=",".join(SETTINGS), help=f"comma-separated, from {', '.join(SETTINGS)}")
-    parser.add_argument("--smoke", action="store_true", help="uniform noise, 1 seed, a 2-epoch weighter, no cleanlab-mlp")
+    parser.add_argument("--smoke", action="store_true",
+                        help="uniform noise, 1 seed, a 2-epoch weighter, no cleanlab-mlp")
     parser.add_argument("--summary", action="store_true", help="only print the tables of --out")
     args = parser.parse_args(argv)
     noises = [n.strip() for n in args.noise.split(",") if n.strip()]

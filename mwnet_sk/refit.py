@@ -117,14 +117,17 @@ def _n_rows(X) -> int:
     return len(X)
 
 
-def _meta_forms(meta, n_rows):
+def _meta_forms(meta, n_rows, *, with_features=True):
     """(mask of meta rows of X, separate meta features, separate meta labels) for the three
-    forms ``fit`` takes; the separate parts are None for a mask and for no meta set."""
+    forms ``fit`` takes; the separate parts are None for a mask and for no meta set, and the
+    features are None without ``with_features`` (a Dataset is then not read item by item)."""
     mask = np.zeros(n_rows, dtype=bool)
     if meta is None:
         return mask, None, None
     if is_dataset(meta):
         labels = dataset_targets(meta, "meta")
+        if not with_features:
+            return mask, None, labels
         items = [meta[i][0] for i in range(len(meta))]
         features = np.stack([x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
                              for x in items]) if items else None

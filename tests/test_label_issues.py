@@ -233,6 +233,7 @@ def test_held_out_meta_rows_get_weights_from_the_weighting_function(noisy_digits
     np.testing.assert_allclose(report["weight"][held_out], clf.weight_function_(losses), rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:the learned weighting function has been nearly constant")  # the fit's own
 def test_the_default_weighter_is_fitted_when_no_estimator_is_given():
     rng = np.random.RandomState(0)
     X = rng.rand(100, 4)
