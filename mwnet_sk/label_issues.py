@@ -144,6 +144,8 @@ def find_label_issues(X, y, *, estimator=None, meta=None, threshold=None, return
     True
     """
     n_rows = _n_rows(X)
+    if not hasattr(X, "iloc") and not isinstance(X, np.ndarray):
+        X = np.asarray(X)
     labels = check_labels(y, "y")
     if len(labels) != n_rows:
         raise ValueError(f"X has {n_rows} samples but y has {len(labels)} labels")
@@ -155,7 +157,7 @@ def find_label_issues(X, y, *, estimator=None, meta=None, threshold=None, return
         _, _, y_meta = _meta_forms(meta, n_rows, with_features=False)
         if y_meta is not None:
             classes = np.unique(np.concatenate([labels, y_meta]))
-        estimator = default_weighter(X, classes, random_state).fit(X, y, meta=meta)
+        estimator = default_weighter(X, classes, random_state).fit(X, labels, meta=meta)
     else:
         inner = _unfrozen(estimator)
         try:
@@ -171,7 +173,7 @@ def find_label_issues(X, y, *, estimator=None, meta=None, threshold=None, return
                 f"estimator must be a MetaWeightClassifier or a MetaWeightRefit, got {type(inner).__name__}"
             )
         if not fitted:
-            estimator = clone(estimator).fit(X, y, meta=meta)
+            estimator = clone(estimator).fit(X, labels, meta=meta)
 
     inner = _unfrozen(estimator)
     meta_mask, _, _ = _meta_forms(meta, n_rows, with_features=False)

@@ -20,7 +20,7 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metadata_routing import _routing_enabled
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted, has_fit_parameter
+from sklearn.utils.validation import _num_samples, check_array, check_is_fitted, has_fit_parameter
 
 from ._data import _is_meta_pair, _meta_rows, dataset_targets, is_array_like, is_dataset
 from ._validation import check_labels, encode_labels
@@ -110,11 +110,18 @@ def _unfrozen(estimator):
 
 
 def _n_rows(X) -> int:
-    if is_dataset(X) or not is_array_like(X):
+    """The number of rows of X, after scikit-learn's checks of a feature matrix: 2-d (or more),
+    numeric, not sparse, not empty. X itself is passed on unconverted (a DataFrame keeps its
+    columns for the estimator)."""
+    if is_dataset(X) or (not is_array_like(X) and not hasattr(X, "shape")):
         raise TypeError(
             f"X must be array-like (array, DataFrame, list) for a scikit-learn estimator, got {type(X).__name__}"
         )
-    return len(X)
+    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError("X is a sparse matrix; sparse input is not supported (the weighter's network needs dense "
+                        "features): pass a dense array (X.toarray())")
+    check_array(X, dtype="numeric", ensure_all_finite=False, allow_nd=True)
+    return _num_samples(X)
 
 
 def _meta_forms(meta, n_rows, *, with_features=True):
@@ -356,7 +363,11 @@ class MetaWeightRefit(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         self : MetaWeightRefit
             The fitted meta-estimator.
         """
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
         n_rows = _n_rows(X)
+        if not hasattr(X, "iloc") and not isinstance(X, np.ndarray):
+            X = np.asarray(X)  # lists, tensors, other array-likes: rows are selected by indexing
         labels = check_labels(y, "y")
         if len(labels) != n_rows:
             raise ValueError(f"X has {n_rows} samples but y has {len(labels)} labels")
@@ -380,7 +391,7 @@ class MetaWeightRefit(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             self.weighter_ = default_weighter(X, classes, self.random_state)
         else:
             self.weighter_ = clone(self.weighter)
-        self.weighter_.fit(X, y, meta=meta)
+        self.weighter_.fit(X, labels, meta=meta)
         raw, _ = learned_weights(self.weighter_, X, labels)
         weights = relative_weights(raw)
         weights[meta_mask] = 1.0  # verified labels count fully

@@ -17,6 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch.utils.data import TensorDataset
 
 from mwnet_sk import MetaWeightClassifier, PlainClassifier
@@ -255,6 +256,12 @@ def test_a_frozen_weighter_must_have_been_fitted_on_the_same_rows(rule_data):
         MetaWeightRefit(LogisticRegression(), weighter=frozen).fit(X, y, meta=meta)
 
 
+@parametrize_with_checks([MetaWeightRefit(LogisticRegression(), weighter=RuleWeighter())])
+def test_scikit_learn_estimator_checks(estimator, check):
+    # with a stand-in weighter, so the checks exercise the meta-estimator's own contract quickly
+    check(estimator)
+
+
 # --------------------------------------------------------------------------- with the real weighter
 def test_the_real_weighter_clones_and_pickles(noisy_digits):
     X, y, meta = noisy_digits
@@ -347,3 +354,16 @@ def test_refit_with_the_default_weighter_on_unscaled_features():
     assert refit.weighter_.module__n_features == 4 and refit.weighter_.max_epochs == 60
     assert np.isfinite(refit.sample_weights_).all()
     assert refit.weighter_.score(X, y) > 0.9
+
+
+def test_string_labels_and_a_meta_pair_with_the_real_weighter(noisy_digits):
+    X, y, meta = noisy_digits
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    labels = names[y]
+    refit = MetaWeightRefit(Recorder(), weighter=small_weighter()).fit(X[~meta], labels[~meta],
+                                                                       meta=(X[meta], labels[meta]))
+    assert set(refit.classes_) == set(names) and refit.weighter_.meta_sample_weights_.shape == (meta.sum(),)
+    fitted = refit.estimator_
+    np.testing.assert_array_equal(fitted.y_fit_, np.concatenate([labels[~meta], labels[meta]]))
+    np.testing.assert_allclose(fitted.sample_weight_[-meta.sum():], 1.0)
+    assert refit.sample_weights_.shape == ((~meta).sum(),)
