@@ -22,8 +22,6 @@ __all__ = ["find_label_issues", "DEFAULT_THRESHOLD"]
 DEFAULT_THRESHOLD = 0.5
 """Flag rows whose weight, divided by the largest, is below this (see :func:`find_label_issues`)."""
 
-COLUMNS = ("row", "given_label", "predicted_label", "label_quality", "weight", "loss", "is_label_issue", "is_meta")
-
 
 @validate_params(
     {
