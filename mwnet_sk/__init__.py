@@ -3,6 +3,8 @@
 from .baselines import PlainClassifier, plain_counterpart
 from .core.weight_net import ClassAwareWeightNet, WeightFunction, WeightNet
 from .estimator import MetaWeightClassifier, TrainingDivergedError
+from .label_issues import find_label_issues
+from .refit import MetaWeightRefit
 
 __version__ = "0.1.0"
 
@@ -10,6 +12,8 @@ __all__ = [
     "MetaWeightClassifier",
     "PlainClassifier",
     "plain_counterpart",
+    "MetaWeightRefit",
+    "find_label_issues",
     "TrainingDivergedError",
     "WeightNet",
     "ClassAwareWeightNet",

@@ -14,7 +14,12 @@ from test_datasets import write_cifar10
 
 def test_long_tailed_digits_learn_an_increasing_weight_function(digits):
     """The paper's Fig. 1(d): under class imbalance the curve increases with the loss and the
-    rare classes (larger losses) get larger weights."""
+    rare classes (larger losses) get larger weights. This is the paper's recipe (Adam on the
+    weight net, raw weights, no warm-up, no meta rows in training); with the library's defaults
+    the curve ends nearly flat on long tails, which the robustness study measured as no gain
+    either way (docs/user-guide/choosing-a-method.md)."""
+    import torch
+
     X, y, _ = digits
     X_train, X_meta, y_train, y_meta = train_meta_split(X, y, n_meta_per_class=10, random_state=0)
     X_lt, y_lt = make_long_tailed(X_train, y_train, imbalance_factor=20, random_state=0)
@@ -22,7 +27,8 @@ def test_long_tailed_digits_learn_an_increasing_weight_function(digits):
     assert counts[0] / counts[-1] >= 19
     clf = MetaWeightClassifier(MLP, module__n_features=64, module__num_classes=10, lr=0.1,
                                optimizer__momentum=0.9, max_epochs=30, batch_size=100, meta_lr=1e-2,
-                               verbose=0, random_state=0)
+                               meta_optimizer=torch.optim.Adam, normalize_weights=False,
+                               train_on_meta=False, warmup_epochs=0, verbose=0, random_state=0)
     clf.fit(X_lt, y_lt, meta=(X_meta, y_meta))
     _, weights = clf.weight_function_.curve(0.0, 5.0, n_points=6)
     assert weights[-1] > weights[0] + 0.5

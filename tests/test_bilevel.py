@@ -57,8 +57,8 @@ def oracle_step(params, bn_state, theta, x, y, xm, ym, *, lr, momentum_wd, meta_
     new_theta = []
     for p, g in zip(th, g_theta):
         g = g + meta_wd * p.detach()
-        if meta_opt == "sgd":
-            new_theta.append(p.detach() - meta_lr * g)
+        if meta_opt == "sgd":  # the default: Nesterov momentum 0.9; first step: buffer = g, update = g + 0.9 g
+            new_theta.append(p.detach() - meta_lr * (1 + 0.9) * g)
         else:  # Adam, first step: m̂ = g, v̂ = g², update = lr · g / (|g| + eps)
             new_theta.append(p.detach() - meta_lr * g / (g.abs() + 1e-8))
     # Eq. 5: real step with Θ_new, SGD momentum 0.9 (first step: buffer = gradient)

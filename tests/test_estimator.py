@@ -39,12 +39,13 @@ def test_initialize_exposes_components():
     assert isinstance(clf.module_, TinyMLP)
     assert isinstance(clf.weight_net_, WeightNet) and clf.weight_net_.hidden_size == 100
     assert isinstance(clf.optimizer_, torch.optim.SGD)
-    assert isinstance(clf.meta_optimizer_, torch.optim.Adam)
+    # the default meta optimizer: SGD with Nesterov momentum 0.9 and weight decay 5e-4
+    assert isinstance(clf.meta_optimizer_, torch.optim.SGD)
+    group = clf.meta_optimizer_.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (1e-2, 0.9, True, 5e-4)
     # the classifier optimizer must not touch the weight net and vice versa
     cls_params = {id(p) for g in clf.optimizer_.param_groups for p in g["params"]}
     assert cls_params == {id(p) for p in clf.module_.parameters()}
-    meta_group = clf.meta_optimizer_.param_groups[0]
-    assert meta_group["lr"] == 1e-3 and meta_group["weight_decay"] == 1e-4
     assert clf.criterion_.reduction == "none"
 
 

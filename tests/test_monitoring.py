@@ -56,7 +56,7 @@ def test_weight_profile_shapes():
 def test_collapse_warning_fires_on_a_collapsed_run(noisy):
     X, y_noisy, _, mask = noisy
     # a constant weight net that can hardly move: the function stays flat every epoch
-    clf = make_clf(weight_net=ConstantWeights, meta_lr=1e-12,
+    clf = make_clf(weight_net=ConstantWeights, meta_lr=1e-12, warmup_epochs=0,
                    callbacks__weight_monitor__patience=2)
     with pytest.warns(WeightCollapseWarning, match="nearly constant for 2 epochs"):
         clf.fit(X, y_noisy, meta=mask)
