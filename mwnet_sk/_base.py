@@ -40,7 +40,7 @@ from ._data import (
     is_dataset,
     prepare_fit_data,
 )
-from ._distributed import join_launched_group, shard_slicer
+from ._distributed import global_batch_norm, join_launched_group, shard_slicer
 from ._state import TrainingState
 from .callbacks import FinitePassthroughScoring
 from ._validation import check_classes, check_sample_shape, validate_params
@@ -91,6 +91,7 @@ class MetaSetClassifier(NeuralNetClassifier):
         data_on_device=False,
         precision=None,
         channels_last=False,
+        sync_batchnorm=False,
         **kwargs,
     ):
         self.train_on_meta = train_on_meta
@@ -100,6 +101,7 @@ class MetaSetClassifier(NeuralNetClassifier):
         self.data_on_device = data_on_device
         self.precision = precision
         self.channels_last = channels_last
+        self.sync_batchnorm = sync_batchnorm
         # skorch's __init__ comes last: once the net exists, skorch treats any torch component
         # assigned to it (e.g. a module instance passed as a parameter) as a fitted one.
         super().__init__(module, criterion=criterion, train_split=train_split, **kwargs)
@@ -705,7 +707,8 @@ class MetaSetClassifier(NeuralNetClassifier):
 
         state = self.training_state_
         try:
-            result = self._step(x, y, batch, on_grad_computed)
+            with global_batch_norm(self.sync_batchnorm):
+                result = self._step(x, y, batch, on_grad_computed)
         except NonFiniteError as err:
             epoch = len(self.history)
             batch_no = len(self.history[-1, "batches"]) if self.history else 0

@@ -12,12 +12,17 @@ single process with the global batch.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["Reducer", "current_reducer", "join_launched_group", "shard_slicer"]
+__all__ = ["GlobalBatchNorm", "Reducer", "current_reducer", "global_batch_norm", "join_launched_group",
+           "shard_slicer"]
 
 
 def launched() -> bool:
@@ -105,3 +110,90 @@ def shard_slicer(rank: int, world_size: int):
         return positions[rank::world_size]
 
     return slicer
+
+
+# ---------------------------------------------------------------------- global batch norm
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over the processes, differentiable in both modes.
+
+    With y = Σ_s x_s on every process and the objective Σ_r L_r(y), the gradient of x_s is
+    Σ_r ∂L_r/∂y: the sum of the incoming gradients over the processes (what torch's
+    SyncBatchNorm does in its backward). The tangent of y is the sum of the tangents.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        tangent = tangent.clone()
+        dist.all_reduce(tangent)
+        return tangent
+
+
+_BATCH_NORM_PARAMS = list(inspect.signature(F.batch_norm).parameters)
+
+
+class GlobalBatchNorm(TorchFunctionMode):
+    """Training-mode batch norm with the statistics of the global batch (all processes).
+
+    Every ``nn.BatchNorm*d`` reaches torch-function modes as ``F.batch_norm``; in training mode
+    this mode computes the per-channel mean and (biased) variance over every process's part of
+    the batch with two all-reduces, normalises with them, and updates the running statistics
+    with the global mean and the unbiased global variance, as one process with the whole batch
+    does. It is built from differentiable operations and :class:`_AllReduceSum`, so the
+    backward (the real and the virtual step), the meta gradient at the virtual weights, and the
+    forward-mode JVP of the exact meta-gradient all see the global statistics. Unlike torch's
+    ``SyncBatchNorm`` it runs on CPU (gloo) as well as CUDA (NCCL). Evaluation-mode batch norm
+    (running statistics) is left to torch.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.batch_norm:
+            return func(*args, **kwargs)
+        bound = dict(zip(_BATCH_NORM_PARAMS, args), **kwargs)
+        x, running_mean, running_var = bound["input"], bound.get("running_mean"), bound.get("running_var")
+        training = bound.get("training", False)
+        if not training and running_mean is not None:
+            return func(*args, **kwargs)
+        weight, bias = bound.get("weight"), bound.get("bias")
+        momentum, eps = bound.get("momentum", 0.1), bound.get("eps", 1e-5)
+        dims = [d for d in range(x.ndim) if d != 1]
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float64, device=x.device)
+        dist.all_reduce(count)
+        n = float(count.item())
+        # two passes (mean, then the centred squares), as exact as one process's kernel
+        mean = _AllReduceSum.apply(x.sum(dims, dtype=torch.float32 if x.dtype in (torch.float16, torch.bfloat16)
+                                         else x.dtype)) / n
+        centred = x - mean.to(x.dtype).view(shape)
+        var = _AllReduceSum.apply((centred * centred).sum(dims, dtype=mean.dtype)) / n
+        out = centred * torch.rsqrt(var + eps).to(x.dtype).view(shape)
+        if weight is not None:
+            out = out * weight.view(shape)
+        if bias is not None:
+            out = out + bias.view(shape)
+        if running_mean is not None and running_var is not None:
+            with torch.no_grad():
+                unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+                running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        return out
+
+
+def global_batch_norm(enabled: bool):
+    """:class:`GlobalBatchNorm` while a data-parallel fit with ``sync_batchnorm=True`` runs a
+    training step; a no-op context otherwise (one process has the global batch anyway)."""
+    if enabled and current_reducer() is not None:
+        return GlobalBatchNorm()
+    return contextlib.nullcontext()

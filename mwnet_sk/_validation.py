@@ -175,6 +175,7 @@ def parameter_constraints(meta_gradients, precisions, nan_policies) -> dict:
         "data_on_device": ["boolean"],
         "precision": [StrOptions({p for p in precisions if p is not None}), None],
         "channels_last": ["boolean"],
+        "sync_batchnorm": ["boolean"],
     }
 
 

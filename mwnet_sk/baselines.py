@@ -86,7 +86,7 @@ class PlainClassifier(MetaSetClassifier):
         key: value
         for key, value in parameter_constraints(META_GRADIENTS, PRECISIONS, ("raise", "skip")).items()
         if key in ("lr", "max_epochs", "batch_size", "train_on_meta", "random_state", "nan_policy",
-                   "data_on_device", "precision", "channels_last")
+                   "data_on_device", "precision", "channels_last", "sync_batchnorm")
     }
 
     def _meta_required(self) -> bool:
@@ -147,7 +147,7 @@ class PlainClassifier(MetaSetClassifier):
 _SHARED = ("module", "criterion", "optimizer", "lr", "max_epochs", "batch_size", "iterator_train",
            "iterator_valid", "dataset", "train_split", "callbacks", "predict_nonlinearity", "warm_start",
            "verbose", "device", "compile", "use_caching", "torch_load_kwargs", "random_state", "nan_policy",
-           "batch_transform", "data_on_device", "precision", "channels_last", "classes")
+           "batch_transform", "data_on_device", "precision", "channels_last", "sync_batchnorm", "classes")
 _SHARED_PREFIXES = ("module__", "criterion__", "optimizer__", "iterator_train__", "iterator_valid__",
                     "dataset__", "callbacks__", "batch_transform__", "compile__")
 

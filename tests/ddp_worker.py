@@ -62,6 +62,15 @@ def main(scenario, out_dir, batch_size=32):
         results["mwnet"] = summary(estimator(batch_size).fit(X, y, meta=mask))
         results["plain"] = summary(plain_counterpart(estimator(batch_size)).fit(X, y, meta=mask))
         results["batchnorm"] = summary(estimator(batch_size, batchnorm=True).fit(X, y, meta=mask))
+        results["batchnorm-sync"] = summary(estimator(batch_size, batchnorm=True, sync_batchnorm=True)
+                                            .fit(X, y, meta=mask))
+        results["plain-batchnorm-sync"] = summary(plain_counterpart(
+            estimator(batch_size, batchnorm=True, sync_batchnorm=True)).fit(X, y, meta=mask))
+        try:  # torch's SyncBatchNorm is refused with what to do instead
+            MetaWeightClassifier(torch.nn.SyncBatchNorm.convert_sync_batchnorm(MLP(64, 10, batchnorm=True)),
+                                 max_epochs=1, batch_size=batch_size, verbose=0).fit(X, y, meta=mask)
+        except ValueError as err:
+            results["syncbn-error"] = str(err)
         results["pair"] = summary(estimator(batch_size, meta_interval=2, meta_params="last")
                                   .fit(X[~mask], y[~mask], meta=(X[mask], y[mask])))
     elif scenario in ("crash", "resume"):
