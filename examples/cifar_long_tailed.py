@@ -34,7 +34,7 @@ from mwnet_sk.datasets import make_cifar_benchmark
 from mwnet_sk.models import SmallCNN, resnet32
 from mwnet_sk.plotting import plot_weight_function
 from mwnet_sk.reproduce.fixtures import write_tiny_cifar
-from mwnet_sk.reproduce.progress import EpochProgress
+from mwnet_sk.callbacks import EpochProgress
 from mwnet_sk.reproduce.protocols import get_protocol
 
 

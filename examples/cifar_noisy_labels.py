@@ -31,7 +31,7 @@ from mwnet_sk.datasets import make_cifar_benchmark
 from mwnet_sk.models import SmallCNN, wrn28_10
 from mwnet_sk.plotting import plot_weight_distribution, plot_weight_function, plot_weight_variation
 from mwnet_sk.reproduce.fixtures import write_tiny_cifar
-from mwnet_sk.reproduce.progress import EpochProgress
+from mwnet_sk.callbacks import EpochProgress
 from mwnet_sk.reproduce.protocols import get_protocol
 
 

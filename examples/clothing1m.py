@@ -37,7 +37,7 @@ from mwnet_sk.models import SmallCNN, resnet50
 from mwnet_sk.noise import meta_mask
 from mwnet_sk.plotting import plot_weight_function
 from mwnet_sk.reproduce.fixtures import write_tiny_clothing1m
-from mwnet_sk.reproduce.progress import EpochProgress
+from mwnet_sk.callbacks import EpochProgress
 from mwnet_sk.reproduce.protocols import get_protocol
 
 

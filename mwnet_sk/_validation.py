@@ -5,9 +5,11 @@ constraints of :class:`~mwnet_sk.MetaWeightClassifier`. No torch modules, no tra
 from __future__ import annotations
 
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 import torch
+from sklearn.utils import _safe_indexing
 from sklearn.utils._param_validation import Interval, Options, StrOptions, validate_parameter_constraints
 
 __all__ = [
@@ -17,6 +19,10 @@ __all__ = [
     "as_feature_tensor",
     "check_sample_shape",
     "validate_params",
+    "labels_to_numpy",
+    "n_samples",
+    "take_rows",
+    "check_consistent",
 ]
 
 
@@ -201,3 +207,48 @@ def validate_params(estimator, constraints: dict) -> None:
                     f"The {key!r} parameter of {type(estimator).__name__} must be a finite number >= 0. "
                     f"Got {value!r} instead."
                 )
+
+
+# --------------------------------------------------------------------------- rows of any container
+def labels_to_numpy(y: Any, name: str = "y") -> np.ndarray:
+    """Return ``y`` as a 1-D numpy array (torch tensors and column vectors accepted)."""
+    if isinstance(y, torch.Tensor):
+        arr = y.detach().cpu().numpy()
+    else:
+        arr = np.asarray(y)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.ravel()
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-dimensional, got an array of shape {arr.shape}.")
+    return arr
+
+
+def n_samples(X: Any) -> int:
+    if hasattr(X, "shape") and len(getattr(X, "shape", ())) > 0:
+        return int(X.shape[0])
+    return len(X)
+
+
+def take_rows(X: Any, indices: np.ndarray) -> Any:
+    """Select rows of ``X`` keeping its container type.
+
+    numpy arrays, lists, pandas / polars frames and scipy sparse matrices go through
+    scikit-learn's ``_safe_indexing``; torch tensors are indexed on their device; any other
+    torch ``Dataset`` becomes a :class:`torch.utils.data.Subset`.
+    """
+    if X is None:
+        return None
+    if isinstance(X, torch.Tensor):
+        return X[torch.as_tensor(indices, dtype=torch.long, device=X.device)]
+    if isinstance(X, torch.utils.data.Dataset) and not hasattr(X, "shape"):
+        return torch.utils.data.Subset(X, indices.tolist())
+    if isinstance(X, tuple):
+        X = list(X)
+    return _safe_indexing(X, indices)
+
+
+def check_consistent(X: Any, y_arr: np.ndarray) -> None:
+    if X is not None and n_samples(X) != y_arr.shape[0]:
+        raise ValueError(
+            f"X and y have inconsistent numbers of samples: {n_samples(X)} != {y_arr.shape[0]}."
+        )

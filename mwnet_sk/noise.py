@@ -8,8 +8,8 @@ These functions build the biased training sets studied in the Meta-Weight-Net pa
   transition matrix); :func:`noise_transition_matrix` builds the matrix alone.
 * :func:`make_long_tailed` subsamples a data set into the exponential long-tailed profile
   of Long-Tailed CIFAR.
-* :func:`train_meta_split` and :func:`meta_mask` carve a clean, class-balanced meta set out
-  of a training set.
+* :func:`train_meta_split` and :func:`meta_mask` (from :mod:`mwnet_sk.model_selection`, also
+  importable from here) carve a clean, class-balanced meta set out of a training set.
 
 All randomness comes from ``random_state`` (an int, a :class:`numpy.random.RandomState` or
 ``None``, resolved with :func:`sklearn.utils.check_random_state`); the functions never seed
@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.utils import _safe_indexing, check_random_state
+from sklearn.utils import check_random_state
 
-from ._validation import encode_labels
+from ._validation import check_consistent, encode_labels, labels_to_numpy, take_rows
+from .model_selection import meta_mask, train_meta_split
 
 __all__ = [
     "NOISE_TYPES",
@@ -48,19 +49,6 @@ _MIN_CLASSES = {"uniform": 1, "flip": 2, "flip2": 3, "pair": 2, "symmetric": 2}
 
 
 # --------------------------------------------------------------------------- helpers
-def _labels_to_numpy(y: Any, name: str = "y") -> np.ndarray:
-    """Return ``y`` as a 1-D numpy array (torch tensors and column vectors accepted)."""
-    if isinstance(y, torch.Tensor):
-        arr = y.detach().cpu().numpy()
-    else:
-        arr = np.asarray(y)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr.ravel()
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-dimensional, got an array of shape {arr.shape}.")
-    return arr
-
-
 def _restore_kind(values: np.ndarray, like: Any) -> Any:
     """Give ``values`` (numpy) the container type of ``like`` (torch tensor or ndarray)."""
     if isinstance(like, torch.Tensor):
@@ -78,7 +66,7 @@ def _check_classes(classes: Any, y_arr: np.ndarray | None = None) -> np.ndarray:
         if classes < 1:
             raise ValueError(f"The number of classes must be >= 1, got {classes}.")
         return np.arange(int(classes))
-    cls = _labels_to_numpy(classes, name="classes")
+    cls = labels_to_numpy(classes, name="classes")
     if cls.size == 0:
         raise ValueError("classes is empty.")
     if np.unique(cls).size != cls.size:
@@ -321,7 +309,7 @@ def make_noisy_labels(
     >>> round(float(np.mean(y_noisy != y)), 1)
     0.3
     """
-    y_arr = _labels_to_numpy(y)
+    y_arr = labels_to_numpy(y)
     if y_arr.size == 0:
         raise ValueError("y is empty.")
     cls = _check_classes(classes, y_arr)
@@ -334,38 +322,6 @@ def make_noisy_labels(
     if return_transition:
         return y_noisy, T
     return y_noisy
-
-
-# --------------------------------------------------------------------------- indexing
-def _n_samples(X: Any) -> int:
-    if hasattr(X, "shape") and len(getattr(X, "shape", ())) > 0:
-        return int(X.shape[0])
-    return len(X)
-
-
-def _take(X: Any, indices: np.ndarray) -> Any:
-    """Select rows of ``X`` keeping its container type.
-
-    numpy arrays, lists, pandas / polars frames and scipy sparse matrices go through
-    scikit-learn's ``_safe_indexing``; torch tensors are indexed on their device; any other
-    torch ``Dataset`` becomes a :class:`torch.utils.data.Subset`.
-    """
-    if X is None:
-        return None
-    if isinstance(X, torch.Tensor):
-        return X[torch.as_tensor(indices, dtype=torch.long, device=X.device)]
-    if isinstance(X, torch.utils.data.Dataset) and not hasattr(X, "shape"):
-        return torch.utils.data.Subset(X, indices.tolist())
-    if isinstance(X, tuple):
-        X = list(X)
-    return _safe_indexing(X, indices)
-
-
-def _check_consistent(X: Any, y_arr: np.ndarray) -> None:
-    if X is not None and _n_samples(X) != y_arr.shape[0]:
-        raise ValueError(
-            f"X and y have inconsistent numbers of samples: {_n_samples(X)} != {y_arr.shape[0]}."
-        )
 
 
 # --------------------------------------------------------------------------- long tail
@@ -426,10 +382,10 @@ def make_long_tailed(
         raise ValueError(f"imbalance_factor must be a number >= 1, got {imbalance_factor!r}.")
     if not np.isfinite(imbalance_factor) or imbalance_factor < 1:
         raise ValueError(f"imbalance_factor must be >= 1, got {imbalance_factor!r}.")
-    y_arr = _labels_to_numpy(y)
+    y_arr = labels_to_numpy(y)
     if y_arr.size == 0:
         raise ValueError("y is empty.")
-    _check_consistent(X, y_arr)
+    check_consistent(X, y_arr)
     present = np.unique(y_arr)
     if class_order is None:
         order = present
@@ -454,155 +410,8 @@ def make_long_tailed(
         members = np.flatnonzero(idx == i)
         keep.append(rng.permutation(members)[: min(target, members.size)])
     indices = np.sort(np.concatenate(keep)).astype(np.int64)
-    X_lt = _take(X, indices)
-    y_lt = _take(y, indices) if not isinstance(y, np.ndarray) else y[indices]
+    X_lt = take_rows(X, indices)
+    y_lt = take_rows(y, indices) if not isinstance(y, np.ndarray) else y[indices]
     if return_indices:
         return X_lt, y_lt, indices
     return X_lt, y_lt
-
-
-# --------------------------------------------------------------------------- meta set
-def _meta_counts(
-    counts: np.ndarray, n_meta_per_class: Any, meta_size: Any, classes: np.ndarray
-) -> np.ndarray:
-    K = len(counts)
-    if (n_meta_per_class is None) == (meta_size is None):
-        raise ValueError("Give exactly one of n_meta_per_class and meta_size.")
-    if n_meta_per_class is not None:
-        if isinstance(n_meta_per_class, bool) or not isinstance(n_meta_per_class, numbers.Integral):
-            raise ValueError(f"n_meta_per_class must be an int >= 1, got {n_meta_per_class!r}.")
-        if n_meta_per_class < 1:
-            raise ValueError(f"n_meta_per_class must be >= 1, got {n_meta_per_class}.")
-        want = np.full(K, int(n_meta_per_class), dtype=np.int64)
-    else:
-        if isinstance(meta_size, bool) or not isinstance(meta_size, numbers.Integral):
-            raise ValueError(f"meta_size must be an int, got {meta_size!r}.")
-        if meta_size < K:
-            raise ValueError(
-                f"meta_size={meta_size} is smaller than the number of classes ({K}); "
-                "a class-balanced meta set needs at least one sample per class."
-            )
-        # Even split; the remainder goes to the first classes in sorted order.
-        want = np.full(K, int(meta_size) // K, dtype=np.int64)
-        want[: int(meta_size) % K] += 1
-    short = np.flatnonzero(counts < want)
-    if short.size:
-        i = short[0]
-        raise ValueError(
-            f"Class {classes[i:i + 1].tolist()[0]!r} has only {counts[i]} samples but "
-            f"{want[i]} are needed for the meta set ({short.size} class(es) too small)."
-        )
-    return want
-
-
-def meta_mask(
-    y: Any,
-    *,
-    n_meta_per_class: int | None = None,
-    meta_size: int | None = None,
-    random_state: int | np.random.RandomState | None = None,
-) -> np.ndarray:
-    """Boolean mask selecting a class-balanced meta set among the rows of ``y``.
-
-    This is the selection used by :func:`train_meta_split`, in the form the estimator's
-    ``fit(X, y, meta=mask)`` accepts (masked rows are the meta set and are not trained on).
-
-    Parameters
-    ----------
-    y : array-like of shape (n_samples,)
-        Labels (use the *clean* labels: the meta set is assumed unbiased).
-    n_meta_per_class : int or None
-        Number of meta samples per class.
-    meta_size : int or None
-        Total meta set size, split evenly over the K classes; when it is not divisible by
-        K, the first ``meta_size % K`` classes (in sorted order) get one extra sample.
-        Exactly one of ``n_meta_per_class`` and ``meta_size`` must be given.
-    random_state : int, RandomState instance or None, default=None
-        Seed for the choice of the meta samples.
-
-    Returns
-    -------
-    mask : ndarray of bool, shape (n_samples,)
-        True for meta rows.
-
-    Raises
-    ------
-    ValueError
-        If both or neither sizes are given, ``meta_size`` < K, or a class has too few samples.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mwnet_sk.noise import meta_mask
-    >>> y = np.repeat([0, 1, 2], 50)
-    >>> mask = meta_mask(y, n_meta_per_class=5, random_state=0)
-    >>> int(mask.sum()), np.bincount(y[mask]).tolist()
-    (15, [5, 5, 5])
-    """
-    y_arr = _labels_to_numpy(y)
-    if y_arr.size == 0:
-        raise ValueError("y is empty.")
-    classes = np.unique(y_arr)
-    idx = encode_labels(y_arr, classes, "y")
-    counts = np.bincount(idx, minlength=len(classes))
-    want = _meta_counts(counts, n_meta_per_class, meta_size, classes)
-    rng = check_random_state(random_state)
-    mask = np.zeros(y_arr.shape[0], dtype=bool)
-    for k in range(len(classes)):
-        members = np.flatnonzero(idx == k)
-        mask[rng.permutation(members)[: want[k]]] = True
-    return mask
-
-
-def train_meta_split(
-    X: Any,
-    y: Any,
-    *,
-    n_meta_per_class: int | None = None,
-    meta_size: int | None = None,
-    random_state: int | np.random.RandomState | None = None,
-) -> list:
-    """Split off a clean, class-balanced meta set, like ``train_test_split``.
-
-    Parameters
-    ----------
-    X : array-like, list, torch tensor, torch Dataset or None
-        Samples, indexed along the first axis.
-    y : array-like of shape (n_samples,)
-        Clean labels.
-    n_meta_per_class : int or None
-        Meta samples per class.
-    meta_size : int or None
-        Total meta samples, split evenly over classes (remainder to the first classes in
-        sorted order). Exactly one of the two sizes must be given.
-    random_state : int, RandomState instance or None, default=None
-        Seed; the same seed selects the same rows as :func:`meta_mask`.
-
-    Returns
-    -------
-    X_train, X_meta, y_train, y_meta : list of 4 items
-        Same container kinds as the inputs, rows in their original relative order. The
-        training part is every row not in the meta set.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mwnet_sk.noise import train_meta_split
-    >>> X = np.arange(60).reshape(30, 2)
-    >>> y = np.repeat(["a", "b", "c"], 10)
-    >>> X_tr, X_me, y_tr, y_me = train_meta_split(X, y, meta_size=6, random_state=0)
-    >>> X_tr.shape, X_me.shape, sorted(y_me.tolist())
-    ((24, 2), (6, 2), ['a', 'a', 'b', 'b', 'c', 'c'])
-    """
-    y_arr = _labels_to_numpy(y)
-    _check_consistent(X, y_arr)
-    mask = meta_mask(
-        y_arr, n_meta_per_class=n_meta_per_class, meta_size=meta_size, random_state=random_state
-    )
-    meta_idx = np.flatnonzero(mask)
-    train_idx = np.flatnonzero(~mask)
-
-    def take_y(idx: np.ndarray) -> Any:
-        return y[idx] if isinstance(y, np.ndarray) else _take(y, idx)
-
-    return [_take(X, train_idx), _take(X, meta_idx), take_y(train_idx), take_y(meta_idx)]

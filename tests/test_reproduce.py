@@ -14,7 +14,7 @@ from mwnet_sk import PlainClassifier
 from mwnet_sk.datasets import load_cifar
 from mwnet_sk.reproduce import paper, report
 from mwnet_sk.reproduce.fixtures import write_tiny_cifar
-from mwnet_sk.reproduce.progress import EpochProgress
+from mwnet_sk.callbacks import EpochProgress
 from mwnet_sk.reproduce.protocols import PROTOCOLS
 from mwnet_sk.reproduce.runner import DataNotFoundError, RunConfig, make_estimators, run_experiment
 

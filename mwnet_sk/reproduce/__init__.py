@@ -11,7 +11,6 @@ This subpackage imports the library and is never imported by it.
 * :mod:`~mwnet_sk.reproduce.baselines`: the plain and fine-tuned baselines of the tables (the
   library's :class:`~mwnet_sk.baselines.PlainClassifier`, through ``plain_counterpart``).
 * :mod:`~mwnet_sk.reproduce.report`: results tables, provenance and figures (shared with the demo).
-* :mod:`~mwnet_sk.reproduce.progress`: the per-epoch progress callback of long runs.
 * :mod:`~mwnet_sk.reproduce.fixtures`: tiny data sets in the real file formats (tests, ``--smoke``).
 * :mod:`~mwnet_sk.reproduce.demo` and :mod:`~mwnet_sk.reproduce.benchmark`: the digits demo and
   the step, fit-epoch and data-parallel timings behind ``mwnet-sk demo`` and ``mwnet-sk benchmark``.

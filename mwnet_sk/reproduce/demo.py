@@ -112,7 +112,7 @@ def run_demo(
     from ..models import MLP
     from ..noise import make_noisy_labels, meta_mask
     from .baselines import make_plain_baseline
-    from .progress import EpochProgress
+    from ..callbacks import EpochProgress
 
     device = resolve_device(device)
     X, y = load_digits(return_X_y=True)

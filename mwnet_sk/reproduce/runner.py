@@ -51,7 +51,7 @@ from ..models import get_model
 from .baselines import finetune, make_plain_baseline
 from .fixtures import smoke_data_root
 from .paper import TABLES, Experiment, get_experiment
-from .progress import EpochProgress
+from ..callbacks import EpochProgress
 from .protocols import Protocol, get_protocol
 from .report import FIGURE_FORMATS, format_results, provenance, resolve_device, save_results, write_figures
 
@@ -142,7 +142,7 @@ class RunConfig:
     dpi : int, default=110
         Resolution of the figures (raster formats).
     progress : bool, default=True
-        Report every epoch on stderr (:class:`~mwnet_sk.reproduce.progress.EpochProgress`).
+        Report every epoch on stderr (:class:`~mwnet_sk.callbacks.EpochProgress`).
     verbose : int, default=0
         skorch's epoch tables.
     """
