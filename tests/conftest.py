@@ -8,6 +8,21 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch and one BLAS thread. The networks of the tests are tiny: on a 2-core machine
+    shared with another job two threads per op wait on each other (a 10-epoch fit measured
+    0.15 s with one thread, 10 s with two, 2026-12-01); forked children must not inherit a busy
+    intra-op pool; and runs compared bit for bit must sum floats in the same order."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """Digits scaled to [0, 1] as float32, plus a class-balanced meta mask (10 per class)."""

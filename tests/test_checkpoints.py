@@ -3,7 +3,6 @@ refusal of other runs, and exact resume of every stateful part (callbacks includ
 
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -108,16 +107,6 @@ def _crash_child(dirname, data, crash):
             os._exit(0)
     _, status = os.waitpid(pid, 0)
     return os.WEXITSTATUS(status)
-
-
-@pytest.fixture
-def one_thread():
-    """Forked children must not inherit a busy intra-op thread pool, and every run must sum
-    floats in the same order: one thread for the parent and its children."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_a_kill_at_any_write_of_a_save_resumes_to_the_uninterrupted_run(data, tmp_path, one_thread):

@@ -13,13 +13,7 @@ from mwnet_sk import __version__
 from mwnet_sk.cli import build_parser, main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These runs are tiny: one thread is as fast, and immune to oversubscribed CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_module_entry_point_and_version():

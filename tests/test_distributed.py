@@ -54,14 +54,6 @@ def assert_identical(a, b):
     assert a["train_loss"] == b["train_loss"]
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, one_thread):
     rank0, rank1 = torchrun("equal", tmp_path, batch_size=32)
     X, y, mask = ddp_worker.data()

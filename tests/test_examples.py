@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -14,13 +13,7 @@ SCRIPTS = ["cifar_noisy_labels", "cifar_long_tailed", "clothing1m", "grid_search
 pytest.importorskip("matplotlib")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These runs are tiny: one thread is as fast, and immune to oversubscribed CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_example(name):

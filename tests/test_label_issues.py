@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
@@ -21,18 +20,7 @@ from mwnet_sk.refit import MetaWeightRefit
 COLUMNS = ["given_label", "predicted_label", "label_quality", "weight", "loss", "is_label_issue", "is_meta"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch and one BLAS thread: these networks are tiny, and on a 2-core machine shared with
-    another job two threads per op wait on each other (a 10-epoch fit measured 0.15 s with one
-    thread, 10 s with two, 2026-12-01)."""
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RuleWeighter(ClassifierMixin, BaseEstimator):

@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 from mwnet_sk import MetaWeightClassifier, WeightNet
 from mwnet_sk.callbacks import MetaScoring, WeightCollapseWarning, WeightMonitor
-from mwnet_sk.core.weight_net import WeightFunction, weight_profile
+from mwnet_sk.core.weight_net import weight_profile
 
 from conftest import TinyMLP
 

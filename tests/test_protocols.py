@@ -27,13 +27,7 @@ N_FEATURES, N_CLASSES, BATCH = 6, 3, 8
 LRS = (0.1, 0.01)  # epoch 1, epoch 2 (MultiStepLR, milestone 1, gamma 0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny float64 networks: one thread is fastest, and immune to oversubscribed CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Net64(nn.Module):

@@ -27,18 +27,7 @@ from mwnet_sk.refit import MetaWeightRefit, default_weighter
 TRUSTED, DISTRUSTED = 0.4, 0.04  # a stand-in weighter's two weights (relative: 1 and 0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch and one BLAS thread: these networks are tiny, and on a 2-core machine shared with
-    another job two threads per op wait on each other (a 10-epoch fit measured 0.15 s with one
-    thread, 10 s with two, 2026-12-01)."""
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RuleWeighter(ClassifierMixin, BaseEstimator):

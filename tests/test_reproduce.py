@@ -22,13 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = Path("/work/shared/paper/meta-weight-net.md")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These runs are tiny: one thread is as fast, and immune to oversubscribed CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- layout
