@@ -759,9 +759,11 @@ class WeightMonitor(Callback):
                     f"the learned weighting function has been nearly constant for {self.flat_epochs_} "
                     f"epochs ({profile}), so every sample gets the same weight and Meta-Weight-Net "
                     "trains like plain training. That is expected when the training labels are clean "
-                    "and balanced; otherwise try normalize_weights=True (the default), another meta_lr "
-                    "(e.g. 10x larger or smaller), and check that the meta set is clean and "
-                    "class-balanced. history[:, 'weight_fn_spread'] shows the spread per epoch."
+                    "(also on long-tailed data with clean labels, where the robustness study saw it in "
+                    "every seed and plain training on every row did as well); under label noise try "
+                    "normalize_weights=True (the default), another meta_lr (e.g. 10x larger or smaller), "
+                    "and check that the meta set is clean and class-balanced. "
+                    "history[:, 'weight_fn_spread'] shows the spread per epoch."
                 ))
         meta_loss = history[-1].get("meta_loss")
         if self.meta_patience is not None and meta_loss is not None and np.isfinite(meta_loss):
