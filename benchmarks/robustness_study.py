@@ -24,7 +24,12 @@ library's defaults before this study; the presets contribute their weighting set
 the classifier's recipe stays the study's; ``adam``, ``adam-warmup``, ``sgd``: one knob at a time
 away from the defaults) and, when installed, peers: ``cleanlab`` (cleanlab's
 ``CleanLearning`` around the plain network, trained on every labelled row) and ``oversample``
-(imbalanced-learn's ``RandomOverSampler`` before plain training; long tails only). Beyond the
+(imbalanced-learn's ``RandomOverSampler`` before plain training; long tails only). A linear
+model, noisy settings only: ``plain-lr`` (scikit-learn's ``LogisticRegression`` on every labelled
+row), ``refit-lr`` (:class:`mwnet_sk.refit.MetaWeightRefit` around it, the ``mwnet`` estimator as
+weighter) and ``cleanlab-lr`` (``CleanLearning`` around it); the last two are compared with
+``plain-lr`` on the same rows, and their AUC is that of the label quality (the learned weights;
+cleanlab's ``label_quality``) of the noisy rows. Beyond the
 paper: ``class-aware`` (the defaults with :class:`mwnet_sk.ClassAwareWeightNet`; long tails only)
 and ``transfer`` (a weighting function learned on another seed's data with its meta set, frozen and
 applied to this seed's training rows without any meta set; its gain is measured against plain
@@ -76,10 +81,12 @@ BIASES = ("uniform", "flip", "longtail")
 # extra settings: the digits with a smaller and a larger meta set
 EXTRA = ("digits-uniform-meta5", "digits-uniform-meta20", "digits-flip-meta5")
 METHODS = ("plain", "selected", "mwnet", "mwnet-keepbest", "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020",
-           "paper", "adam", "adam-warmup", "sgd", "class-aware", "transfer", "cleanlab", "oversample")
+           "paper", "adam", "adam-warmup", "sgd", "class-aware", "transfer", "cleanlab", "oversample",
+           "plain-lr", "refit-lr", "cleanlab-lr")
 # ``paper`` is left out by default: with the study's classifier recipe it is ``mwnet-2020``.
 DEFAULT_METHODS = ("plain", "selected", "mwnet", "mwnet-keepbest", "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020",
-                   "adam-warmup", "class-aware", "transfer", "cleanlab", "oversample")
+                   "adam-warmup", "class-aware", "transfer", "cleanlab", "oversample", "plain-lr", "refit-lr",
+                   "cleanlab-lr")
 # one knob at a time away from the library's defaults
 KNOBS = {
     "paper": {"normalize_weights": False, "train_on_meta": False, "warmup_epochs": 0,
@@ -132,6 +139,12 @@ def make_data(setting: str, seed: int):
     return X_tr, y_noisy, y_tr, meta, X_te, y_te
 
 
+def _logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=2000)
+
+
 def make_mwnet(n_features: int, seed: int, epochs: int, **params):
     import torch
     from skorch.callbacks import LRScheduler
@@ -169,6 +182,8 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
         return None
     if method == "class-aware" and bias != "longtail":
         return None
+    if method in ("plain-lr", "refit-lr", "cleanlab-lr") and bias == "longtail":
+        return None
     X, y_noisy, y_true, meta, X_test, y_test = make_data(setting, seed)
     base = make_mwnet(X.shape[1], seed, epochs)
     start = time.perf_counter()
@@ -197,6 +212,27 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
         weights, corrupted = est.sample_weights_, (y_noisy != y_true)[rows]
         if corrupted.any() and not corrupted.all():
             record["auc"] = round(float(roc_auc_score(~corrupted, weights)), 4)
+    elif method == "plain-lr":  # a linear model trained plainly on every labelled row
+        est = _logistic_regression().fit(X, y_noisy)
+    elif method in ("refit-lr", "cleanlab-lr"):  # compared with plain-lr on the same rows
+        record["baseline_accuracy"] = round(float(np.mean(
+            _logistic_regression().fit(X, y_noisy).predict(X_test) == y_test)), 6)
+        corrupted = (y_noisy != y_true)[~meta]
+        if method == "refit-lr":
+            from mwnet_sk.refit import MetaWeightRefit
+
+            est = MetaWeightRefit(_logistic_regression(), weighter=base).fit(X, y_noisy, meta=meta)
+            quality = est.weighter_.sample_weights_[~meta]
+        else:
+            try:
+                from cleanlab.classification import CleanLearning
+            except ImportError:
+                return None
+            est = CleanLearning(_logistic_regression(), seed=seed, verbose=False,
+                                find_label_issues_kwargs={"n_jobs": 1}).fit(X, y_noisy)
+            quality = est.get_label_issues()["label_quality"].to_numpy()[~meta]
+        if corrupted.any() and not corrupted.all():  # the label quality of the noisy rows
+            record["auc"] = round(float(roc_auc_score(~corrupted, quality)), 4)
     elif method == "oversample":
         try:
             from imblearn.over_sampling import RandomOverSampler
