@@ -346,7 +346,10 @@ class MetaSetClassifier(NeuralNetClassifier):
         if iterator is DataLoader and not kwargs and BatchIterator.supports(dataset):
             return BatchIterator(dataset, batch_size, shuffle=shuffle, generator=generator, min_last=min_last,
                                  slicer=slicer)
-        if iterator is DataLoader and (min_last > 1 or slicer is not None) \
+        # one sampler for every training DataLoader: a plain DataLoader would draw its workers' base
+        # seed from the generator before the permutation, so one process would not shuffle as
+        # data-parallel processes do
+        if iterator is DataLoader and (min_last > 1 or slicer is not None or generator is not None) \
                 and not {"sampler", "batch_sampler", "drop_last"} & kwargs.keys():
             sampler = MergedBatchSampler(len(dataset), batch_size, shuffle, generator, min_last, slicer)
             return DataLoader(dataset, batch_sampler=sampler, **kwargs)

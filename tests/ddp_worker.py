@@ -30,6 +30,10 @@ def data():
     return X, y_noisy, mask
 
 
+def meta_dataset(X, y):
+    return torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(y))
+
+
 def estimator(batch_size, batchnorm=False, **kwargs):
     params = dict(module=MLP, module__n_features=64, module__num_classes=10, module__batchnorm=batchnorm,
                   lr=0.1, optimizer__momentum=0.9, max_epochs=3, batch_size=batch_size, verbose=0,
@@ -73,6 +77,10 @@ def main(scenario, out_dir, batch_size=32):
             results["syncbn-error"] = str(err)
         results["pair"] = summary(estimator(batch_size, meta_interval=2, meta_params="last")
                                   .fit(X[~mask], y[~mask], meta=(X[mask], y[mask])))
+        results["on-device"] = summary(estimator(batch_size, data_on_device=True).fit(X, y, meta=mask))
+        results["dataset-workers"] = summary(estimator(batch_size, iterator_meta__num_workers=1)
+                                             .fit(X[~mask], y[~mask], meta=meta_dataset(X[mask], y[mask])))
+        results["bf16"] = summary(estimator(batch_size, precision="bf16").fit(X, y, meta=mask))
     elif scenario in ("crash", "resume"):
         cp = Checkpoint(dirname=os.path.join(out_dir, "run"))
         callbacks = [cp, LoadInitState(cp)] + ([CrashAfter(2)] if scenario == "crash" else [])

@@ -63,16 +63,22 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, one_thr
         "pair": ddp_worker.summary(ddp_worker.estimator(64, meta_interval=2, meta_params="last")
                                    .fit(X[~mask], y[~mask], meta=(X[mask], y[mask]))),
         # sync_batchnorm=True: the global batch's statistics, so the single-process run
+        "on-device": ddp_worker.summary(ddp_worker.estimator(64, data_on_device=True).fit(X, y, meta=mask)),
+        "dataset-workers": ddp_worker.summary(ddp_worker.estimator(64).fit(
+            X[~mask], y[~mask], meta=ddp_worker.meta_dataset(X[mask], y[mask]))),
         "batchnorm-sync": ddp_worker.summary(ddp_worker.estimator(64, batchnorm=True).fit(X, y, meta=mask)),
         "plain-batchnorm-sync": ddp_worker.summary(ddp_worker.plain_counterpart(
             ddp_worker.estimator(64, batchnorm=True)).fit(X, y, meta=mask)),
     }
-    for name in ("mwnet", "plain", "pair", "batchnorm", "batchnorm-sync", "plain-batchnorm-sync"):
+    for name in ("mwnet", "plain", "pair", "batchnorm", "batchnorm-sync", "plain-batchnorm-sync", "on-device",
+                 "dataset-workers", "bf16"):
         assert_identical(rank0[name], rank1[name])  # every process holds the same model
     for name, reference in single.items():
         # float32 rounding of the sums' order (batch norm's statistics add a little more)
         assert_close(rank0[name], reference, atol=1e-5 if "batchnorm" in name else 2e-6)
     assert "sync_batchnorm=True" in rank0["syncbn-error"]
+    # bf16 autocast: the same model on every process and a finite run (rounding differs from one process)
+    assert np.isfinite(rank0["bf16"]["train_loss"]).all() and np.isfinite(rank0["bf16"]["meta_loss"][-1])
     # per-process BatchNorm statistics (as DDP, the default): not the single-process run
     assert np.isfinite(rank0["batchnorm"]["train_loss"]).all()
     per_process = rank0["batchnorm"]["module"]
