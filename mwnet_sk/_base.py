@@ -689,8 +689,10 @@ class MetaSetClassifier(NeuralNetClassifier):
     # ------------------------------------------------------------------ the step
     def _step(self, x, y, batch, on_grad_computed):
         """One training step; returns an object with ``logits``, ``losses``, ``weights``
-        (per sample, detached) and ``loss``. Subclasses implement it."""
-        raise NotImplementedError
+        (per sample, detached) and ``loss``. The estimators (MetaWeightClassifier,
+        PlainClassifier) define it; the shared base trains nothing by itself."""
+        raise TypeError(f"{type(self).__name__} defines no training step: subclass MetaWeightClassifier or "
+                        "PlainClassifier, or define _step(x, y, batch, on_grad_computed)")
 
     def train_step(self, batch, **fit_params):
         """One training step on a batch (skorch's hook); non-finite values follow ``nan_policy``."""
