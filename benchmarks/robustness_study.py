@@ -222,7 +222,7 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
             from mwnet_sk.refit import MetaWeightRefit
 
             est = MetaWeightRefit(_logistic_regression(), weighter=base).fit(X, y_noisy, meta=meta)
-            quality = est.weighter_.sample_weights_[~meta]
+            quality = est.sample_weights_[~meta]  # what the linear model got (finite, the weighter's order)
         else:
             try:
                 from cleanlab.classification import CleanLearning

@@ -141,6 +141,9 @@ class MetaSetClassifier(NeuralNetClassifier):
         """Initialise every component (seeding them from ``random_state``) and return self."""
         self._check_params()
         reducer = join_launched_group(self.device)  # a script launched by torchrun trains data-parallel
+        if reducer is not None and self.sync_batchnorm and self.compile:
+            raise ValueError("sync_batchnorm=True cannot be combined with compile=True (its all-reduces run in a "
+                             "Python mode around the eager forward); pass compile=False")
         seed = self._base_seed()
         if reducer is not None:  # one seed for every process (random_state=None draws per process)
             seed = reducer.broadcast_int(seed)
@@ -346,13 +349,15 @@ class MetaSetClassifier(NeuralNetClassifier):
         if iterator is DataLoader and not kwargs and BatchIterator.supports(dataset):
             return BatchIterator(dataset, batch_size, shuffle=shuffle, generator=generator, min_last=min_last,
                                  slicer=slicer)
-        # one sampler for every training DataLoader: a plain DataLoader would draw its workers' base
-        # seed from the generator before the permutation, so one process would not shuffle as
-        # data-parallel processes do
+        # One path for every shuffled training DataLoader, in one process and in N: the loader
+        # draws its workers' base seed from the generator, then the sampler the order, in the same
+        # sequence everywhere (and the global RNG is left alone). A generator passed as
+        # iterator_train__generator replaces the estimator's.
         if iterator is DataLoader and (min_last > 1 or slicer is not None or generator is not None) \
                 and not {"sampler", "batch_sampler", "drop_last"} & kwargs.keys():
+            generator = kwargs.pop("generator", generator)
             sampler = MergedBatchSampler(len(dataset), batch_size, shuffle, generator, min_last, slicer)
-            return DataLoader(dataset, batch_sampler=sampler, **kwargs)
+            return DataLoader(dataset, batch_sampler=sampler, generator=generator, **kwargs)
         if reducer is not None:
             raise ValueError("data-parallel training shards batches itself: iterator_train__sampler, "
                              "__batch_sampler and __drop_last are not supported under torchrun")

@@ -129,9 +129,7 @@ class _AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
+        return _AllReduceSum.apply(grad)  # itself differentiable (second-order gradients)
 
     @staticmethod
     def jvp(ctx, tangent):
@@ -148,7 +146,7 @@ class GlobalBatchNorm(TorchFunctionMode):
 
     Every ``nn.BatchNorm*d`` reaches torch-function modes as ``F.batch_norm``; in training mode
     this mode computes the per-channel mean and (biased) variance over every process's part of
-    the batch with two all-reduces, normalises with them, and updates the running statistics
+    the batch with two all-reduces (the first carries the row count), normalises with them, and updates the running statistics
     with the global mean and the unbiased global variance, as one process with the whole batch
     does. It is built from differentiable operations and :class:`_AllReduceSum`, so the
     backward (the real and the virtual step), the meta gradient at the virtual weights, and the
@@ -162,33 +160,34 @@ class GlobalBatchNorm(TorchFunctionMode):
         if func is not F.batch_norm:
             return func(*args, **kwargs)
         bound = dict(zip(_BATCH_NORM_PARAMS, args), **kwargs)
-        x, running_mean, running_var = bound["input"], bound.get("running_mean"), bound.get("running_var")
-        training = bound.get("training", False)
-        if not training and running_mean is not None:
+        if not bound.get("training", False):  # evaluation mode: running statistics, torch's kernel
             return func(*args, **kwargs)
+        x, running_mean, running_var = bound["input"], bound.get("running_mean"), bound.get("running_var")
         weight, bias = bound.get("weight"), bound.get("bias")
         momentum, eps = bound.get("momentum", 0.1), bound.get("eps", 1e-5)
+        # half precision accumulates in float32, as torch's kernels do
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         dims = [d for d in range(x.ndim) if d != 1]
         shape = [1, -1] + [1] * (x.ndim - 2)
-        count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float64, device=x.device)
-        dist.all_reduce(count)
-        n = float(count.item())
+        # the row count rides with the sums: one all-reduce and no host synchronisation
+        count = xf.new_full((1,), float(x.numel() // x.shape[1]))
+        total = _AllReduceSum.apply(torch.cat([xf.sum(dims), count]))
+        n = total[-1].detach()
+        mean = total[:-1] / n
         # two passes (mean, then the centred squares), as exact as one process's kernel
-        mean = _AllReduceSum.apply(x.sum(dims, dtype=torch.float32 if x.dtype in (torch.float16, torch.bfloat16)
-                                         else x.dtype)) / n
-        centred = x - mean.to(x.dtype).view(shape)
-        var = _AllReduceSum.apply((centred * centred).sum(dims, dtype=mean.dtype)) / n
-        out = centred * torch.rsqrt(var + eps).to(x.dtype).view(shape)
+        centred = xf - mean.view(shape)
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
+        out = centred * torch.rsqrt(var + eps).view(shape)
         if weight is not None:
             out = out * weight.view(shape)
         if bias is not None:
             out = out + bias.view(shape)
         if running_mean is not None and running_var is not None:
             with torch.no_grad():
-                unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+                unbiased = var.detach() * (n / (n - 1).clamp_min(1))
                 running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
                 running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
-        return out
+        return out.to(x.dtype)
 
 
 def global_batch_norm(enabled: bool):

@@ -134,9 +134,10 @@ class MetaWeightClassifier(MetaSetClassifier):
         In a data-parallel fit (``torchrun``), normalise training-mode batch norm with the
         statistics of the global batch instead of each process's part (DDP's default), so a
         model with BatchNorm equals one process with the global batch, up to float rounding.
-        It costs two small all-reduces per batch-norm layer and forward, and the exact
-        meta-gradient's JVP then runs without ``fast_jvp``'s shortcuts. Works on CPU (gloo)
-        and CUDA (NCCL); without a process group it changes nothing.
+        It costs two small all-reduces per batch-norm layer and forward (and two in the
+        backward), and the exact meta-gradient's JVP then runs without ``fast_jvp``'s shortcuts.
+        Works on CPU (gloo) and CUDA (NCCL), not with ``compile=True``; without a process group
+        it changes nothing.
     iterator_meta__num_workers : int, optional
         For a meta set given as a torch Dataset: DataLoader worker processes that load and
         prefetch meta batches (ended when ``fit`` ends). Any other DataLoader option routes

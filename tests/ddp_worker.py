@@ -80,7 +80,8 @@ def main(scenario, out_dir, batch_size=32):
         results["on-device"] = summary(estimator(batch_size, data_on_device=True).fit(X, y, meta=mask))
         results["dataset-workers"] = summary(estimator(batch_size, iterator_meta__num_workers=1)
                                              .fit(X[~mask], y[~mask], meta=meta_dataset(X[mask], y[mask])))
-        results["bf16"] = summary(estimator(batch_size, precision="bf16").fit(X, y, meta=mask))
+        results["bf16"] = summary(estimator(batch_size, precision="bf16", batchnorm=True, sync_batchnorm=True)
+                                  .fit(X, y, meta=mask))
     elif scenario in ("crash", "resume"):
         cp = Checkpoint(dirname=os.path.join(out_dir, "run"))
         callbacks = [cp, LoadInitState(cp)] + ([CrashAfter(2)] if scenario == "crash" else [])

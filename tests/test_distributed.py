@@ -1,6 +1,7 @@
 """Data-parallel training under torchrun (gloo, CPU, 127.0.0.1) against single-process runs of
 the global batch, and distributed hyper-parameter search with dask."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -77,13 +79,57 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, one_thr
         # float32 rounding of the sums' order (batch norm's statistics add a little more)
         assert_close(rank0[name], reference, atol=1e-5 if "batchnorm" in name else 2e-6)
     assert "sync_batchnorm=True" in rank0["syncbn-error"]
-    # bf16 autocast: the same model on every process and a finite run (rounding differs from one process)
+    # bf16 autocast with global batch norm: the same model on every process and a finite run
+    # (rounding differs from one process)
     assert np.isfinite(rank0["bf16"]["train_loss"]).all() and np.isfinite(rank0["bf16"]["meta_loss"][-1])
     # per-process BatchNorm statistics (as DDP, the default): not the single-process run
     assert np.isfinite(rank0["batchnorm"]["train_loss"]).all()
     per_process = rank0["batchnorm"]["module"]
     assert any(not torch.allclose(per_process[k].float(), single["batchnorm-sync"]["module"][k].float(), atol=1e-4)
                for k in per_process)
+
+
+@pytest.fixture
+def group_of_one():
+    """A gloo process group of one process on 127.0.0.1 (the all-reduces are then identities)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_global_batch_norm_is_torchs_batch_norm_with_its_derivatives(group_of_one, shape, dtype):
+    """The maths of GlobalBatchNorm against F.batch_norm: output (in the input's dtype, half
+    precision accumulated in float32), running statistics, gradients and the forward-mode
+    tangent; the torchrun test checks the sums across processes."""
+    from torch.autograd import forward_ad as fwAD
+
+    from mwnet_sk._distributed import GlobalBatchNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 3 + 300).to(dtype)  # far from 0: cancellation would show
+    weight, bias = torch.rand(3) + 0.5, torch.randn(3)
+    tangent = torch.randn(shape).to(dtype)
+
+    def run(mode):
+        rm, rv = torch.zeros(3), torch.ones(3)
+        xg, wg = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        with mode:
+            out = F.batch_norm(xg, rm, rv, wg, bias, True, 0.1, 1e-5)
+            with fwAD.dual_level():
+                dual = F.batch_norm(fwAD.make_dual(x, tangent), rm.clone(), rv.clone(), weight, bias, True, 0.1, 1e-5)
+                tan = fwAD.unpack_dual(dual).tangent
+        (out.float() ** 2).sum().backward()
+        return out, rm, rv, xg.grad, wg.grad, tan
+
+    ours, torchs = run(GlobalBatchNorm()), run(contextlib.nullcontext())
+    assert ours[0].dtype == dtype
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for a, b in zip(ours, torchs):
+        torch.testing.assert_close(a.float(), b.float(), **tol)
 
 
 def test_a_killed_run_resumes_under_torchrun(tmp_path, one_thread):
