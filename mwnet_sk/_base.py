@@ -349,15 +349,20 @@ class MetaSetClassifier(NeuralNetClassifier):
         if iterator is DataLoader and not kwargs and BatchIterator.supports(dataset):
             return BatchIterator(dataset, batch_size, shuffle=shuffle, generator=generator, min_last=min_last,
                                  slicer=slicer)
-        # One path for every shuffled training DataLoader, in one process and in N: the loader
-        # draws its workers' base seed from the generator, then the sampler the order, in the same
-        # sequence everywhere (and the global RNG is left alone). A generator passed as
-        # iterator_train__generator replaces the estimator's.
+        # One path for every shuffled training DataLoader, in one process and in N, drawing the
+        # order from the estimator's generator exactly as BatchIterator does for arrays. The
+        # loader's own draw (its workers' base seed) comes from a generator of its own, seeded by
+        # the run's seed and the epoch: the training generator and the global RNG stay untouched,
+        # and a resumed epoch seeds its workers as the uninterrupted one did. A generator passed
+        # as iterator_train__generator replaces both.
         if iterator is DataLoader and (min_last > 1 or slicer is not None or generator is not None) \
                 and not {"sampler", "batch_sampler", "drop_last"} & kwargs.keys():
             generator = kwargs.pop("generator", generator)
+            loader_generator = generator
+            if generator is not None and generator is getattr(state, "train_generator", None):
+                loader_generator = torch.Generator().manual_seed(self.seed_ * 31 + len(self.history))
             sampler = MergedBatchSampler(len(dataset), batch_size, shuffle, generator, min_last, slicer)
-            return DataLoader(dataset, batch_sampler=sampler, generator=generator, **kwargs)
+            return DataLoader(dataset, batch_sampler=sampler, generator=loader_generator, **kwargs)
         if reducer is not None:
             raise ValueError("data-parallel training shards batches itself: iterator_train__sampler, "
                              "__batch_sampler and __drop_last are not supported under torchrun")

@@ -600,12 +600,14 @@ def prepare_fit_data(X, y, meta, classes=None, *, train_on_meta=False, keep_inte
     codes = encode_labels(labels, classes, "y")
     label_map = _label_map(classes)
 
-    if features is None:
-        train = IndexedDataset(X, rows=train_rows, label_map=label_map)
-    else:
-        index = torch.from_numpy(train_rows)
-        train = ArrayDataset(_take(features, index), torch.from_numpy(codes[train_rows]), rows=train_rows,
-                             labels=labels[train_rows])
+    def rows_of_X(rows):
+        """The rows of X as a dataset: tensor-indexed for arrays, item by item otherwise."""
+        if features is None:
+            return IndexedDataset(X, rows=rows, label_map=label_map)
+        return ArrayDataset(_take(features, torch.from_numpy(rows)), torch.from_numpy(codes[rows]), rows=rows,
+                            labels=labels[rows])
+
+    train = rows_of_X(train_rows)
     y_train = codes[train_rows]
     n_samples = n_rows
     hash_parts = [{"X": features if features is not None else (type(X).__name__, len(X)),
@@ -614,12 +616,7 @@ def prepare_fit_data(X, y, meta, classes=None, *, train_on_meta=False, keep_inte
     meta_ds = None
     if meta_kind == "rows":
         hash_parts.append({"meta_rows": meta_rows})
-        if features is None:
-            meta_ds = IndexedDataset(X, rows=meta_rows, label_map=label_map)
-        else:
-            index = torch.from_numpy(meta_rows)
-            meta_ds = ArrayDataset(_take(features, index), torch.from_numpy(codes[meta_rows]), rows=meta_rows,
-                                   labels=labels[meta_rows])
+        meta_ds = rows_of_X(meta_rows)
     elif meta_kind == "pair":
         X_meta, y_meta = meta
         if is_dataset(X_meta):
