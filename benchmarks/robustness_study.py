@@ -13,7 +13,9 @@ Settings (data set x bias), each with ``--seeds`` seeds (10 by default):
   per class).
 
 Methods (``--methods``): ``plain`` (the same network and recipe trained on every labelled row,
-meta rows included: :func:`mwnet_sk.plain_counterpart`), ``selected`` (plain training on the
+meta rows included: :func:`mwnet_sk.plain_counterpart`), ``plain-reseed`` (the same plain
+training from another seed, i.e. other initial weights and batch order: its "gain" is what chance
+alone moves the accuracy by), ``selected`` (plain training on the
 noisy rows only, keeping the epoch that scores best on the meta rows:
 :class:`mwnet_sk.callbacks.MetaScoring`), ``mwnet`` (the defaults), ``mwnet-keepbest`` (the
 defaults plus ``MetaScoring``: the epoch that scores best on the meta rows, which the defaults
@@ -21,7 +23,8 @@ also train on), the authors' presets
 (``mwnet-2019-noise``, ``mwnet-2019-imbalance``, ``mwnet-2020``: meta set held out), knob
 variants (``paper``: Eq. 1 weighting, meta set held out, Adam 1e-3, no warm-up, i.e. the
 library's defaults before this study; the presets contribute their weighting settings only,
-the classifier's recipe stays the study's; ``adam``, ``adam-warmup``, ``sgd``: one knob at a time
+the classifier's recipe stays the study's; ``adam``, ``adam-warmup``, ``sgd``, ``loss-only`` (the
+paper's loss-only ``WeightNet`` instead of the default ``PerClassWeightNet``): one knob at a time
 away from the defaults) and, when installed, peers: ``cleanlab`` (cleanlab's
 ``CleanLearning`` around the plain network, trained on every labelled row) and ``oversample``
 (imbalanced-learn's ``RandomOverSampler`` before plain training; long tails only). A linear
@@ -80,24 +83,25 @@ DATASETS = ("digits", "blobs2000", "blobs6000")
 BIASES = ("uniform", "flip", "longtail")
 # extra settings: the digits with a smaller and a larger meta set
 EXTRA = ("digits-uniform-meta5", "digits-uniform-meta20", "digits-flip-meta5")
-METHODS = ("plain", "selected", "mwnet", "mwnet-keepbest", "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020",
-           "paper", "adam", "adam-warmup", "sgd", "class-aware", "transfer", "cleanlab", "oversample",
+METHODS = ("plain", "plain-reseed", "selected", "mwnet", "mwnet-keepbest", "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020",
+           "paper", "loss-only", "adam", "adam-warmup", "sgd", "class-aware", "transfer", "cleanlab", "oversample",
            "plain-lr", "refit-lr", "cleanlab-lr")
 # ``paper`` is left out by default: with the study's classifier recipe it is ``mwnet-2020``.
-DEFAULT_METHODS = ("plain", "selected", "mwnet", "mwnet-keepbest", "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020",
+DEFAULT_METHODS = ("plain", "plain-reseed", "selected", "mwnet", "loss-only", "mwnet-keepbest", "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020",
                    "adam-warmup", "class-aware", "transfer", "cleanlab", "oversample", "plain-lr", "refit-lr",
                    "cleanlab-lr")
 # one knob at a time away from the library's defaults
 KNOBS = {
-    "paper": {"normalize_weights": False, "train_on_meta": False, "warmup_epochs": 0,
+    "paper": {"weight_net": "WeightNet", "normalize_weights": False, "train_on_meta": False, "warmup_epochs": 0,
               "meta_optimizer": "adam", "meta_lr": 1e-3, "meta_optimizer__weight_decay": 1e-4},
     "adam": {"meta_optimizer": "adam", "meta_lr": 1e-3, "meta_optimizer__weight_decay": 1e-4, "warmup_epochs": 0},
     "adam-warmup": {"meta_optimizer": "adam", "meta_lr": 1e-3, "meta_optimizer__weight_decay": 1e-4},
     "sgd": {"warmup_epochs": 0},
+    "loss-only": {"weight_net": "WeightNet"},
 }
 
 
-_WEIGHTING = {"normalize_weights", "detach_weight_input", "train_on_meta", "warmup_epochs", "meta_lr",
+_WEIGHTING = {"weight_net", "normalize_weights", "detach_weight_input", "train_on_meta", "warmup_epochs", "meta_lr",
               "meta_optimizer", "meta_optimizer__momentum", "meta_optimizer__nesterov",
               "meta_optimizer__weight_decay", "meta_interval", "meta_params", "weight_net__hidden_size"}
 
@@ -155,6 +159,8 @@ def make_mwnet(n_features: int, seed: int, epochs: int, **params):
     optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     if isinstance(params.get("meta_optimizer"), str):
         params["meta_optimizer"] = optimizers[params["meta_optimizer"]]
+    if params.get("weight_net") == "WeightNet":  # the paper's loss-only 1-100-1 MLP
+        params["weight_net"] = mwnet_sk.WeightNet
     milestone = max(1, int(round(0.8 * epochs)))
     return MetaWeightClassifier(
         MLP, module__n_features=n_features, module__num_classes=10, lr=0.1, optimizer__momentum=0.9,
@@ -190,6 +196,8 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
     record = {"setting": setting, "seed": seed, "method": method}
     if method == "plain":
         est = plain_counterpart(base).fit(X, y_noisy, meta=meta)
+    elif method == "plain-reseed":  # chance alone: the same plain training from another seed
+        est = plain_counterpart(make_mwnet(X.shape[1], seed + 500, epochs)).fit(X, y_noisy, meta=meta)
     elif method == "selected":
         est = plain_counterpart(base, train_on_meta=False, callbacks=list(base.callbacks) + [MetaScoring()])
         est.fit(X, y_noisy, meta=meta)

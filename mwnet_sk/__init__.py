@@ -1,7 +1,7 @@
 """mwnet-sk: Meta-Weight-Net (Shu et al., NeurIPS 2019) as a scikit-learn / skorch estimator."""
 
 from .baselines import PlainClassifier, plain_counterpart
-from .core.weight_net import ClassAwareWeightNet, WeightFunction, WeightNet
+from .core.weight_net import ClassAwareWeightNet, PerClassWeightNet, WeightFunction, WeightNet
 from .estimator import MetaWeightClassifier, TrainingDivergedError
 from .label_issues import find_label_issues
 from .refit import MetaWeightRefit
@@ -17,6 +17,7 @@ __all__ = [
     "TrainingDivergedError",
     "WeightNet",
     "ClassAwareWeightNet",
+    "PerClassWeightNet",
     "WeightFunction",
     "__version__",
 ]

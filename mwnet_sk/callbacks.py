@@ -688,7 +688,8 @@ class WeightMonitor(Callback):
     95th percentiles) and records in ``history``:
 
     * ``weight_fn_spread``: ``(max - min) / max`` of the weights over those losses (0: constant);
-    * ``weight_fn_trend``: ``"decreasing"``, ``"increasing"``, ``"flat"`` or ``"non-monotonic"``;
+    * ``weight_fn_trend``: ``"decreasing"``, ``"increasing"``, ``"flat"`` or ``"non-monotonic"``
+      (a class-aware weight net: the trend its classes share, or ``"class-dependent"``);
     * ``weight_collapsed``: True once the function has been flat for ``patience`` epochs in a
       row. A flat function gives every sample the same weight, so Meta-Weight-Net then trains
       exactly like plain training (with a rescaled learning rate);
@@ -746,7 +747,12 @@ class WeightMonitor(Callback):
         epoch = len(history)
         loss_range = net._observed_loss_range() if hasattr(net, "_observed_loss_range") else None
         if loss_range is not None:
-            profile = weight_profile(net._weight_function_live, *loss_range)
+            labels = net._weight_function_labels()
+            if labels is None:
+                profile = weight_profile(net._weight_function_live, *loss_range)
+            else:  # a class-aware net: every class's curve
+                profile = weight_profile(lambda losses, k: net._weight_function_live(losses, k), *loss_range,
+                                         labels=labels)
             history.record("weight_fn_spread", profile.spread)
             history.record("weight_fn_trend", profile.trend)
             meta_step = np.isfinite(history[-1].get("meta_loss", np.nan))
@@ -759,10 +765,11 @@ class WeightMonitor(Callback):
                     f"the learned weighting function has been nearly constant for {self.flat_epochs_} "
                     f"epochs ({profile}), so every sample gets the same weight and Meta-Weight-Net "
                     "trains like plain training. That is expected when the training labels are clean "
-                    "(also on long-tailed data with clean labels, where the robustness study saw it in "
-                    "every seed and plain training on every row did as well); under label noise try "
-                    "normalize_weights=True (the default), another meta_lr (e.g. 10x larger or smaller), "
-                    "and check that the meta set is clean and class-balanced. "
+                    "(also on long-tailed data with clean labels, where in the robustness study no weighting "
+                    "did better than plain training on every row); under label noise try "
+                    "normalize_weights=True (the default), the default weight net PerClassWeightNet (a "
+                    "loss-only WeightNet cannot separate flipped labels), another meta_lr (e.g. 10x larger "
+                    "or smaller), and check that the meta set is clean and class-balanced. "
                     "history[:, 'weight_fn_spread'] shows the spread per epoch."
                 ))
         meta_loss = history[-1].get("meta_loss")

@@ -13,7 +13,7 @@ from ._distributed import shard_slicer
 from ._validation import parameter_constraints
 from .callbacks import WeightMonitor
 from .core.bilevel import META_GRADIENTS, PRECISIONS, BilevelStep
-from .core.weight_net import WeightFunction, WeightNet
+from .core.weight_net import PerClassWeightNet, WeightFunction
 
 __all__ = ["MetaWeightClassifier", "TrainingDivergedError"]
 
@@ -34,13 +34,15 @@ class MetaWeightClassifier(MetaSetClassifier):
     graph of the paper's code.
 
     The defaults come from a robustness study (the "Choosing a method" page) and differ from
-    the paper in three settings: the weights are normalised by their batch sum
+    the paper in four settings: the weighting function has a learned correction per class on
+    top of the paper's loss-to-weight curve (``weight_net=PerClassWeightNet``; a loss-only
+    curve cannot separate flipped labels), the weights are normalised by their batch sum
     (``normalize_weights=True``, as in the authors' 2019 scripts), the clean meta rows are
     trained on too (``train_on_meta=True``), and the first 20% of the epochs train plainly
     (``warmup_epochs=0.2``). The weight net is trained by SGD with momentum, as in the
-    authors' 2019 scripts, at 1e-2. ``normalize_weights=False, train_on_meta=False,
-    warmup_epochs=0`` is Eq. 1 of the paper with the meta set held out; the authors' exact
-    settings are presets in :mod:`mwnet_sk.reproduce.protocols`.
+    authors' 2019 scripts, at 1e-2. ``weight_net=WeightNet, normalize_weights=False,
+    train_on_meta=False, warmup_epochs=0`` is the paper (Eq. 1, the 1-100-1 MLP, the meta set
+    held out); the authors' exact settings are presets in :mod:`mwnet_sk.reproduce.protocols`.
 
     Parameters
     ----------
@@ -69,8 +71,11 @@ class MetaWeightClassifier(MetaSetClassifier):
         scripts); any other optimizer gets only what you pass.
     meta_batch_size : int or None, default=None
         Meta batch size m; None means ``batch_size``.
-    weight_net : torch.nn.Module class or instance, or WeightFunction, default=WeightNet
-        The weighting function; ``weight_net__hidden_size`` etc. route to it. A custom module
+    weight_net : torch.nn.Module class or instance, or WeightFunction, default=PerClassWeightNet
+        The weighting function; ``weight_net__hidden_size`` etc. route to it.
+        :class:`~mwnet_sk.core.weight_net.PerClassWeightNet` reads the loss and the given label
+        (the paper's curve plus a per-class correction); ``WeightNet`` is the paper's 1-100-1
+        MLP of the loss alone. A custom module
         must map a ``(n, 1)`` tensor of losses to ``(n, 1)`` weights in [0, 1] (checked at
         initialisation); one with ``uses_labels = True`` gets the labels too
         (``weight_net(losses, labels)``, e.g. :class:`~mwnet_sk.core.weight_net.ClassAwareWeightNet`).
@@ -233,7 +238,7 @@ class MetaWeightClassifier(MetaSetClassifier):
         meta_lr=1e-2,
         meta_optimizer=torch.optim.SGD,
         meta_batch_size=None,
-        weight_net=WeightNet,
+        weight_net=PerClassWeightNet,
         meta_gradient="exact",
         meta_interval=1,
         warmup_epochs=0.2,
@@ -527,9 +532,9 @@ class MetaWeightClassifier(MetaSetClassifier):
         state = getattr(self, "training_state_", None)
         return None if state is None else state.loss_range(quantiles)
 
-    def _weight_function_live(self, losses):
+    def _weight_function_live(self, losses, label=None):
         """The current weight net as a numpy function of the loss (for the monitor); a
-        class-aware net is averaged over the classes."""
+        class-aware net is read for class index ``label``, or averaged over the classes."""
         param = next(self.weight_net_.parameters(), None)
         device = param.device if param is not None else torch.device(self.device)
         dtype = param.dtype if param is not None else torch.float32
@@ -539,13 +544,18 @@ class MetaWeightClassifier(MetaSetClassifier):
             with torch.no_grad():
                 x = torch.as_tensor(np.asarray(losses), dtype=dtype, device=device).reshape(-1, 1)
                 if getattr(self.weight_net_, "uses_labels", False):
+                    labels = range(len(self.classes_)) if label is None else [label]
                     out = torch.stack([self.weight_net_(x, torch.full((len(x),), k, device=device, dtype=torch.long))
-                                       for k in range(len(self.classes_))]).mean(0)
+                                       for k in labels]).mean(0)
                 else:
                     out = self.weight_net_(x)
                 return out.reshape(-1).float().cpu().numpy()
         finally:
             self.weight_net_.train(was_training)
+
+    def _weight_function_labels(self):
+        """The class indices a class-aware weight net is profiled over (None for a loss-only net)."""
+        return range(len(self.classes_)) if getattr(self.weight_net_, "uses_labels", False) else None
 
     # ------------------------------------------------------------------ fitted attributes
     def _state_view(self, name):

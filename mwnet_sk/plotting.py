@@ -85,9 +85,13 @@ def plot_weight_function(
     n_points: int = 200,
     label: str | None = None,
     show_losses: bool = False,
+    per_class: bool = False,
     **plot_kwargs,
 ):
     """Plot the learned weighting function ``V(loss)`` (Fig. 1 d-f of the paper).
+
+    A class-aware function (the default :class:`~mwnet_sk.PerClassWeightNet`) is drawn as its
+    mean over the classes; ``per_class=True`` draws each class's curve behind it.
 
     Parameters
     ----------
@@ -107,6 +111,9 @@ def plot_weight_function(
         With a fitted estimator: also draw the distribution of the training losses at their
         last visit (``sample_losses_``) as a light histogram on a second y-axis, to show which
         part of the curve is actually used.
+    per_class : bool, default=False
+        For a class-aware function: also draw every class's own curve (thin lines), e.g. to
+        see classes whose curves differ under flip noise.
     **plot_kwargs
         Passed to ``ax.plot`` (e.g. ``color``, ``linestyle``).
 
@@ -126,7 +133,14 @@ def plot_weight_function(
         losses = np.linspace(lo, hi, int(n_points))
         weights = np.asarray(f(losses), dtype=float).reshape(-1)
     plot_kwargs.setdefault("linewidth", 2)
-    ax.plot(losses, weights, label=label, **plot_kwargs)
+    line = ax.plot(losses, weights, label=label, **plot_kwargs)[0]
+    if per_class:
+        if not getattr(f, "uses_labels", False):
+            raise ValueError("per_class=True needs a class-aware weighting function (e.g. PerClassWeightNet's); "
+                             "this one reads the loss only")
+        for k in range(f.n_classes):
+            _, class_weights = f.curve(lo, hi, n_points, label=k)
+            ax.plot(losses, class_weights, color=line.get_color(), linewidth=0.8, alpha=0.35)
     ax.set_xlim(lo, hi)
     ax.set_xlabel("training loss")
     ax.set_ylabel("weight")

@@ -325,16 +325,24 @@ def test_select_parameter_names():
 
 
 # --------------------------------------------------------------------------- class-aware weighting
+@pytest.mark.parametrize("kind", ["size-groups", "class-groups", "per-class-net"])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_class_aware_weight_net_exact_equals_unrolled(normalize):
-    from mwnet_sk import ClassAwareWeightNet
+def test_class_aware_weight_net_exact_equals_unrolled(normalize, kind):
+    from mwnet_sk import ClassAwareWeightNet, PerClassWeightNet
 
+    def make():
+        if kind == "per-class-net":  # the default: a shared curve plus a correction per class
+            return PerClassWeightNet(hidden_size=6).double()
+        # one head per class, or classes 0, 1 common; 2, 3 rare
+        return ClassAwareWeightNet(n_groups=None if kind == "class-groups" else 2, hidden_size=6).double()
+
+    per_class = kind != "size-groups"
     results = []
     for meta_gradient in ("exact", "unrolled"):
         torch.manual_seed(0)
         model = DropoutBNNet().double()
-        wnet = ClassAwareWeightNet(n_groups=2, hidden_size=6).double()
-        wnet.set_class_counts([40, 30, 5, 3])  # classes 0, 1 common; 2, 3 rare
+        wnet = make()
+        wnet.set_class_counts([40, 30, 5, 3])
         opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
         step = BilevelStep(model, wnet, per_sample_ce, opt, torch.optim.SGD(wnet.parameters(), lr=1.0),
                            meta_gradient=meta_gradient, normalize_weights=normalize)
@@ -347,12 +355,17 @@ def test_class_aware_weight_net_exact_equals_unrolled(normalize):
         results.append([p.detach().clone() for p in wnet.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
-    # both groups' heads learned (the rare classes' head moved too)
+    # every group's head learned (the rare classes' head moved too)
     torch.manual_seed(0)
     _ = DropoutBNNet()
-    fresh = ClassAwareWeightNet(n_groups=2, hidden_size=6).double()
-    moved = (results[0][2] - fresh.heads.weight).abs().amax(1)
+    fresh = make()
+    fresh.set_class_counts([40, 30, 5, 3])
+    heads = dict(zip([n for n, _ in fresh.named_parameters()], range(99)))["heads.weight"]
+    assert results[0][heads].shape == fresh.heads.weight.shape == (4 if per_class else 2, 6)
+    moved = (results[0][heads] - fresh.heads.weight).abs().amax(1)
     assert (moved > 1e-8).all()
+    if per_class:  # each class's head moved its own way
+        assert torch.unique(results[0][heads], dim=0).shape[0] == 4
 
 
 def test_class_aware_meta_gradient_matches_finite_differences():

@@ -270,7 +270,8 @@ def test_initialize_and_load_params_gives_a_predicting_estimator(data, tmp_path)
     loaded.load_params(checkpoint=cp)
     np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))
     assert loaded.predict(X).dtype.kind == "U"
-    np.testing.assert_allclose(loaded.weight_function_(np.array([0.1, 2.0])), fitted.weight_function_(np.array([0.1, 2.0])))
+    losses, labels = np.array([0.1, 2.0, 0.5]), np.array([0, 1, 1])
+    np.testing.assert_allclose(loaded.weight_function_(losses, labels), fitted.weight_function_(losses, labels))
     np.testing.assert_array_equal(loaded.sample_weights_, fitted.sample_weights_)
     # the explicit-files form: save_params / load_params with the weight net and the training state
     fitted.save_params(f_params=tmp_path / "p.pt", f_weight_net=tmp_path / "w.pt",

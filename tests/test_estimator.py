@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from skorch.dataset import ValidSplit
 from torch.utils.data import TensorDataset
 
-from mwnet_sk import MetaWeightClassifier, WeightFunction, WeightNet
+from mwnet_sk import MetaWeightClassifier, PerClassWeightNet, WeightFunction
 
 from conftest import TinyMLP
 
@@ -37,7 +37,7 @@ def small(digits):
 def test_initialize_exposes_components():
     clf = make_clf().initialize()
     assert isinstance(clf.module_, TinyMLP)
-    assert isinstance(clf.weight_net_, WeightNet) and clf.weight_net_.hidden_size == 100
+    assert isinstance(clf.weight_net_, PerClassWeightNet) and clf.weight_net_.hidden_size == 100
     assert isinstance(clf.optimizer_, torch.optim.SGD)
     # the default meta optimizer: SGD with Nesterov momentum 0.9 and weight decay 5e-4
     assert isinstance(clf.meta_optimizer_, torch.optim.SGD)
@@ -96,10 +96,15 @@ def test_fit_attributes(small):
     # (at the last visit, before later weight-net updates, so only approximately)
     f = clf.weight_function_
     assert isinstance(f, WeightFunction)
-    out = f(np.array([0.1, 1.0, 3.0]))
+    out = f(np.array([0.1, 1.0, 3.0]), [0, 4, 9])  # the default is class-aware: losses and class indices
     assert isinstance(out, np.ndarray) and out.shape == (3,) and ((out >= 0) & (out <= 1)).all()
-    t = f(torch.tensor([0.5, 2.0], dtype=torch.float64))
+    t = f(torch.tensor([0.5, 2.0], dtype=torch.float64), torch.tensor([1, 1]))
     assert isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.shape == (2,)
+    with pytest.raises(ValueError, match="class-aware: pass the class index"):
+        f(np.array([0.1]))
+    rows = np.flatnonzero(np.isfinite(clf.sample_weights_))[:5]
+    recorded = f(clf.sample_losses_[rows], clf.classes_.searchsorted(y[rows]))
+    np.testing.assert_allclose(recorded, clf.sample_weights_[rows], atol=0.1)
     losses, weights = f.curve(0, 5, n_points=11)
     assert losses.shape == weights.shape == (11,)
     row = clf.history[-1]
@@ -186,7 +191,8 @@ def test_pickle_and_joblib_round_trip(small, tmp_path):
     expected = clf.predict_proba(X)
     loaded = pickle.loads(pickle.dumps(clf))
     np.testing.assert_allclose(loaded.predict_proba(X), expected)
-    np.testing.assert_allclose(loaded.weight_function_(np.linspace(0, 5, 6)), clf.weight_function_(np.linspace(0, 5, 6)))
+    np.testing.assert_allclose(loaded.weight_function_(np.linspace(0, 5, 6), np.arange(6) % 2),
+                               clf.weight_function_(np.linspace(0, 5, 6), np.arange(6) % 2))
     joblib.dump(clf, tmp_path / "clf.joblib")
     loaded = joblib.load(tmp_path / "clf.joblib")
     np.testing.assert_allclose(loaded.predict_proba(X), expected)
@@ -194,7 +200,7 @@ def test_pickle_and_joblib_round_trip(small, tmp_path):
     # a loaded estimator can keep training
     loaded.partial_fit(X, y, meta=mask)
     f = pickle.loads(pickle.dumps(clf.weight_function_))
-    np.testing.assert_allclose(f(np.array([1.0])), clf.weight_function_(np.array([1.0])))
+    np.testing.assert_allclose(f(np.array([1.0]), [1]), clf.weight_function_(np.array([1.0]), [1]))
 
 
 def test_grid_search_over_meta_lr_in_parallel(small):

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
@@ -218,21 +219,45 @@ def test_held_out_meta_rows_get_weights_from_the_weighting_function(noisy_digits
     proba = clf.predict_proba(X[rows[held_out]])
     losses = -np.log(proba[np.arange(held_out.sum()), y_noisy[rows[held_out]]])
     np.testing.assert_allclose(report["loss"][held_out], losses, rtol=1e-5)
-    np.testing.assert_allclose(report["weight"][held_out], clf.weight_function_(losses), rtol=1e-5)
+    np.testing.assert_allclose(report["weight"][held_out], clf.weight_function_(losses, y_noisy[rows[held_out]]), rtol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:the learned weighting function has been nearly constant")  # the fit's own
-def test_the_default_weighter_is_fitted_when_no_estimator_is_given():
+def _clean_toy():
     rng = np.random.RandomState(0)
     X = rng.rand(100, 4)
     y = (X[:, 0] > 0.5).astype(int)
     meta = np.zeros(100, dtype=bool)
     meta[np.flatnonzero(y == 0)[:5]] = meta[np.flatnonzero(y == 1)[:5]] = True
-    # clean labels: the weighting function learns nothing and ends flat, and the report says so
-    with pytest.warns(WeightCollapseWarning, match="ranking carries little information"):
-        report = find_label_issues(X, y, meta=meta, random_state=0)
+    return X, y, meta
+
+
+@pytest.mark.filterwarnings("ignore::mwnet_sk.callbacks.WeightCollapseWarning")  # the fit's own
+def test_the_default_weighter_is_fitted_when_no_estimator_is_given():
+    X, y, meta = _clean_toy()
+    report = find_label_issues(X, y, meta=meta, random_state=0)
     assert len(report) == 100 and report["is_meta"].sum() == 10
-    assert not report["is_label_issue"].any()
-    with pytest.warns(WeightCollapseWarning):
-        again = find_label_issues(X, y, meta=meta, random_state=0)
+    assert not report["is_label_issue"].any()  # clean labels: nothing to flag
+    again = find_label_issues(X, y, meta=meta, random_state=0)
     np.testing.assert_allclose(report["weight"], again["weight"])  # seeded
+
+
+class _ConstantWeights(torch.nn.Module):
+    """A weighting function that ignores the loss: collapsed from the start."""
+
+    def __init__(self):
+        super().__init__()
+        self.level = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, losses):
+        return torch.sigmoid(self.level).expand(len(losses), 1)
+
+
+@pytest.mark.filterwarnings("ignore:the learned weighting function has been nearly constant")  # the fit's own
+def test_a_flat_weighting_function_is_reported():
+    X, y, meta = _clean_toy()
+    weighter = MetaWeightClassifier(MLP, module__n_features=4, module__num_classes=2, max_epochs=4, warmup_epochs=0,
+                                    weight_net=_ConstantWeights, callbacks__weight_monitor__patience=2, verbose=0,
+                                    random_state=0)  # fmt: skip
+    with pytest.warns(WeightCollapseWarning, match="ranking carries little information"):
+        report = find_label_issues(X.astype(np.float32), y, meta=meta, estimator=weighter)
+    assert len(report) == 100

@@ -57,8 +57,13 @@ def test_weight_function_from_estimator_and_alternatives(fitted, tmp_path):
     assert ax.get_xlabel() == "training loss" and ax.get_ylabel() == "weight"
     x, w = ax.lines[0].get_data()
     np.testing.assert_allclose(x, np.linspace(0, 5, 200))
-    np.testing.assert_allclose(w, clf.weight_function_(x), rtol=1e-6)
+    f = clf.weight_function_  # the default is class-aware: the mean of the classes' curves
+    classes = [f(x, [k]) for k in range(f.n_classes)]
+    np.testing.assert_allclose(w, np.mean(classes, axis=0), rtol=1e-6)
     _png_ok(ax, tmp_path / "wf.png")
+    ax_classes = plot_weight_function(clf, loss_range=(0, 5), per_class=True)
+    assert len(ax_classes.lines) == 1 + f.n_classes
+    np.testing.assert_allclose(ax_classes.lines[-1].get_ydata(), classes[-1], rtol=1e-6)
 
     # a WeightFunction, a module and a plain callable on a given Axes, with a legend
     fig, ax2 = plt.subplots()
@@ -76,6 +81,8 @@ def test_weight_function_errors():
         plot_weight_function(42)
     with pytest.raises(ValueError, match="show_losses"):
         plot_weight_function(WeightNet(), show_losses=True)
+    with pytest.raises(ValueError, match="per_class=True needs a class-aware"):
+        plot_weight_function(WeightNet(), per_class=True)
 
 
 def test_weight_distribution(fitted, tmp_path):

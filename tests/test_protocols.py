@@ -70,10 +70,10 @@ def make_data(seed=0):
 def fit_with_preset(name, data):
     X, y, X_meta, y_meta = data
     snapshot = SnapshotAtStart()
-    params = {**get_protocol(name).estimator_params, "batch_size": BATCH}
+    # the preset's WeightNet, in float64
+    params = {**get_protocol(name).estimator_params, "batch_size": BATCH, "weight_net": WeightNet64}
     clf = MetaWeightClassifier(
         Net64,
-        weight_net=WeightNet64,
         max_epochs=len(LRS),
         iterator_train__shuffle=False,  # batches are rows 0-7 and 8-15, as in the reference
         callbacks=[LRScheduler("MultiStepLR", milestones=[1], gamma=0.1), snapshot],
@@ -189,6 +189,8 @@ def test_presets_state_every_weight_net_setting():
         for key in ("meta_optimizer", "meta_lr", "meta_optimizer__weight_decay", "normalize_weights",
                     "detach_weight_input", "optimizer", "optimizer__nesterov", "optimizer__momentum"):
             assert key in params, (protocol.name, key)
+        assert params["weight_net"] is WeightNet  # the paper's loss-only net, not the library's default
+        assert protocol.describe()["estimator_params"]["weight_net"] == "mwnet_sk.core.weight_net.WeightNet"
         assert dict(protocol.augment) == {"padding_mode": "reflect", "normalize": "cifar10"}
         assert protocol.describe()["estimator_params"]["optimizer"] == "torch.optim.sgd.SGD"
     with pytest.raises(ValueError, match="known protocols: mwnet-2019-noise"):

@@ -141,7 +141,7 @@ def test_ctrl_c_leaves_a_usable_estimator(data):
     assert clf.n_steps_ == steps_per_epoch + 3
     assert np.isfinite(clf.sample_weights_).all()
     assert clf.predict(X).shape == (len(X),)
-    assert np.isfinite(clf.weight_function_(np.array([0.5, 3.0]))).all()
+    assert np.isfinite(clf.weight_function_(np.array([0.5, 3.0]), [0, 1])).all()
     clf.partial_fit(X, y, meta=mask)  # and it can go on training
 
 
@@ -235,7 +235,7 @@ def test_nan_during_training_names_epoch_and_batch(poisoned):
     clf = make_clf(module=NaNOnSentinel, meta_interval=1)
     with pytest.raises(TrainingDivergedError, match=r"non-finite train loss in epoch 1, batch \d+"):
         clf.fit(X, y, meta=mask)
-    assert np.isfinite(clf.weight_function_(np.linspace(0, 5, 11))).all()
+    assert np.isfinite(clf.weight_function_(np.linspace(0, 5, 11), [0])).all()
     for p in clf.module_.parameters():
         assert torch.isfinite(p).all()
 
@@ -246,6 +246,6 @@ def test_nan_policy_skip_continues(poisoned):
     assert len(clf.history) == 4
     assert clf.history[:, "batches_skipped"] == [1, 1, 1, 1]  # exactly the poisoned batch, every epoch
     assert all(np.isfinite(clf.history[:, "train_loss"]))
-    assert np.isfinite(clf.weight_function_(np.array([1.0]))).all()
+    assert np.isfinite(clf.weight_function_(np.array([1.0]), [0])).all()
     for p in clf.module_.parameters():
         assert torch.isfinite(p).all()

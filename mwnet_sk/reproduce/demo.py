@@ -45,6 +45,7 @@ class DemoResult:
     mean_weight_noisy: float
     curve_losses: list = field(default_factory=list)
     curve_weights: list = field(default_factory=list)
+    class_aware: bool = False  # the curve is then the mean of the classes' curves
     seconds_plain: float = 0.0
     seconds_mwnet: float = 0.0
     provenance: dict = field(default_factory=dict)
@@ -168,6 +169,7 @@ def run_demo(
         mean_weight_noisy=float(np.nanmean(w[corrupted])) if corrupted.any() else float("nan"),
         curve_losses=losses.tolist(),
         curve_weights=weights.tolist(),
+        class_aware=bool(mwnet.weight_function_.uses_labels),
         seconds_plain=seconds_plain,
         seconds_mwnet=seconds_mwnet,
         provenance=provenance(device, seed=random_state),
@@ -218,7 +220,7 @@ def format_demo(result: DemoResult) -> str:
         f"  mean learned weight: clean rows {result.mean_weight_clean:.3f}, "
         f"corrupted rows {result.mean_weight_noisy:.3f}",
         "",
-        "  learned weighting function V(loss):",
+        "  learned weighting function V(loss)" + (", mean over the classes:" if result.class_aware else ":"),
     ]
     for loss, weight in zip(result.curve_losses, result.curve_weights):
         lines.append(f"    loss {loss:4.1f}  weight {weight:5.3f}  {'#' * int(round(weight * 40))}")

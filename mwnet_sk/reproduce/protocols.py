@@ -44,6 +44,8 @@ from typing import Any
 
 import torch
 
+from ..core.weight_net import WeightNet
+
 __all__ = ["PROTOCOLS", "Protocol", "get_protocol"]
 
 
@@ -104,6 +106,7 @@ _SHARED = {
     "meta_batch_size": 100,
     "meta_interval": 1,
     "meta_params": "all",
+    "weight_net": WeightNet,
     "weight_net__hidden_size": 100,
     "train_on_meta": False,
     "warmup_epochs": 0,

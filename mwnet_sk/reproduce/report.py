@@ -280,8 +280,11 @@ def write_figures(
         return Figure(figsize=(4.5, 3.2)).subplots()
 
     ax = axes()
-    plot_weight_function(mwnet, ax=ax, loss_range=loss_range, show_losses=True, color="tab:green")
-    save(ax, "weight_function", "learned weighting function")
+    # a class-aware function: its mean over the classes, with each class's own curve behind it
+    per_class = bool(getattr(mwnet.weight_function_, "uses_labels", False))
+    plot_weight_function(mwnet, ax=ax, loss_range=loss_range, show_losses=True, per_class=per_class,
+                         color="tab:green")
+    save(ax, "weight_function", "learned weighting function" + (" (mean and per class)" if per_class else ""))
     noisy = None if noisy_mask is None else np.asarray(noisy_mask, dtype=bool)
     if noisy is not None and noisy.any():
         ax = axes()
