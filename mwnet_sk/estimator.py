@@ -79,7 +79,10 @@ class MetaWeightClassifier(MetaSetClassifier):
         must map a ``(n, 1)`` tensor of losses to ``(n, 1)`` weights in [0, 1] (checked at
         initialisation); one with ``uses_labels = True`` gets the labels too
         (``weight_net(losses, labels)``, e.g. :class:`~mwnet_sk.core.weight_net.ClassAwareWeightNet`).
-        A fitted ``WeightFunction`` starts from what another fit learned.
+        A fitted ``WeightFunction`` starts from what another fit learned (with ``meta_lr=0``:
+        applied frozen, no meta set needed); to carry a function over to other data, learn it
+        with ``weight_net=WeightNet``: a per-class function's corrections belong to the data
+        they were learned on (see the "Choosing a method" page).
     meta_gradient : {"exact", "unrolled", "finite_difference"}, default="exact"
         ``"exact"``: first-order Eq. 6 with one JVP (fast, equal to ``"unrolled"`` up to
         float rounding); ``"unrolled"``: differentiate through the virtual step with a

@@ -40,8 +40,8 @@ def find_label_issues(X, y, *, estimator=None, meta=None, threshold=None, return
 
     Meta-Weight-Net's weighting function, trained to make the model do well on a small clean
     meta set, gives rows whose label disagrees with what the clean data teach a weight near
-    0. That weight, divided by the largest, is each row's label quality; rows below
-    ``threshold`` are flagged.
+    0. That weight, divided by the largest among the rows with the same given label, is each
+    row's label quality; rows below ``threshold`` are flagged.
 
     Parameters
     ----------
@@ -82,7 +82,8 @@ def find_label_issues(X, y, *, estimator=None, meta=None, threshold=None, return
           ``MetaWeightRefit``, its ``estimator_``'s). In-sample, but a row the weighter
           down-weighted barely shaped the model, so for a flagged row it is a suggested
           correction;
-        * ``label_quality``: the learned weight divided by the largest, in [0, 1];
+        * ``label_quality``: the learned weight divided by the largest among the rows with the
+          same given label, in [0, 1];
         * ``weight``: the learned weight itself (its scale is arbitrary);
         * ``loss``: the row's training loss when the weight was last set;
         * ``is_label_issue``: ``label_quality < threshold`` and not a meta row;
@@ -190,7 +191,7 @@ def find_label_issues(X, y, *, estimator=None, meta=None, threshold=None, return
 
     _warn_if_flat(weighter)
     weights, losses = learned_weights(weighter, X, labels)
-    quality = relative_weights(weights)
+    quality = relative_weights(weights, labels=labels)  # within each given label's rows
     predicted = np.asarray(estimator.predict(X))
     is_issue = (quality < threshold) & ~meta_mask
 

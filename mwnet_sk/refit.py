@@ -195,21 +195,28 @@ def learned_weights(weighter, X, y):
     return weights, losses
 
 
-def relative_weights(weights):
+def relative_weights(weights, labels=None):
     """The learned weights divided by the largest: in [0, 1], 1 for the most trusted rows.
 
     The scale of the weights is arbitrary (the library's default normalises them by their
-    batch sum), their ratios are what the weighting function learned.
+    batch sum), their ratios are what the weighting function learned. With ``labels``, each
+    row's weight is divided by the largest among the rows with the same given label: how much
+    the row is trusted next to the most trusted rows of its class. A class-aware weighting
+    function (the default ``PerClassWeightNet``) also learns a level per class (it reweights
+    whole classes, e.g. rare ones), which says nothing about a single label; read within the
+    class, the weights tell wrong labels from right ones.
 
     Parameters
     ----------
     weights : array-like of shape (n_rows,)
         Learned weights (e.g. from :func:`learned_weights`); NaN entries stay NaN.
+    labels : array-like of shape (n_rows,) or None, default=None
+        The given labels: divide within each label's rows instead of by the overall largest.
 
     Returns
     -------
     ndarray of shape (n_rows,)
-        The weights divided by the largest.
+        The weights divided by the largest (of their label's rows, with ``labels``).
 
     Raises
     ------
@@ -223,7 +230,15 @@ def relative_weights(weights):
             "the weighter gave every row weight 0: its weighting function collapsed, so there is nothing to "
             "rank the rows by (see the WeightMonitor warnings; try a smaller meta_lr or warmup_epochs)"
         )
-    return weights / top
+    if labels is None:
+        return weights / top
+    _, codes = np.unique(np.asarray(labels), return_inverse=True)
+    codes = codes.reshape(-1)
+    tops = np.full(codes.max() + 1, np.nan)
+    finite = np.isfinite(weights)
+    np.fmax.at(tops, codes[finite], weights[finite])
+    tops = np.where(np.isfinite(tops) & (tops > 0), tops, top)  # a class whose rows all weigh 0: the overall top
+    return weights / tops[codes]
 
 
 # --------------------------------------------------------------------------- the meta-estimator
@@ -284,7 +299,8 @@ class MetaWeightRefit(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         rows); ``"auto"``: ``"weight"`` when the estimator's ``fit`` takes ``sample_weight``,
         ``"drop"`` otherwise.
     threshold : float in (0, 1], default=0.5
-        With ``mode="drop"``: keep rows whose weight (divided by the largest) is at least this.
+        With ``mode="drop"``: keep rows whose weight, divided by the largest among the rows with
+        the same label, is at least this.
         The learned weights are close to two-valued on noisy labels (trusted rows near the
         largest weight, the rest near 0), so the choice matters little where the weighting
         separates the rows: on the digits with 40% uniform noise, thresholds from 0.25 to 0.75
@@ -303,8 +319,8 @@ class MetaWeightRefit(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         The fitted clone of ``estimator``; predictions come from it.
     sample_weights_ : ndarray of shape (n_rows,)
         The weight of each row of X divided by the largest (in [0, 1]; 1 for meta rows): what
-        ``estimator_`` got as ``sample_weight`` in weight mode, what was compared with
-        ``threshold`` in drop mode.
+        ``estimator_`` got as ``sample_weight`` in weight mode; in drop mode divided by the
+        largest among the rows with the same label, what was compared with ``threshold``.
     rows_kept_ : ndarray of bool of shape (n_rows,)
         True for the rows of X that ``estimator_`` was fitted on (every row in weight mode).
     meta_mask_ : ndarray of bool of shape (n_rows,)
@@ -420,7 +436,9 @@ class MetaWeightRefit(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             self.weighter_ = clone(self.weighter)
         self.weighter_.fit(X, labels, meta=meta)
         raw, _ = learned_weights(self.weighter_, X, labels)
-        weights = relative_weights(raw)
+        # weight mode: the weights as learned (a class-aware function's class levels included);
+        # drop mode: each row against its class's most trusted rows
+        weights = relative_weights(raw, labels=labels if mode == "drop" else None)
         weights[meta_mask] = 1.0  # verified labels count fully
 
         kept = np.ones(n_rows, dtype=bool) if mode == "weight" else (weights >= self.threshold) | meta_mask

@@ -275,9 +275,17 @@ def test_a_frozen_weighter_is_reused_without_refitting(noisy_digits):
     first = MetaWeightRefit(LogisticRegression(max_iter=300), weighter=small_weighter()).fit(X, y, meta=meta)
     steps = first.weighter_.n_steps_
     frozen = FrozenEstimator(first.weighter_)
-    second = MetaWeightRefit(KNeighborsClassifier(), weighter=frozen).fit(X, y, meta=meta)
+    second = MetaWeightRefit(LogisticRegression(C=0.5, max_iter=300), weighter=frozen).fit(X, y, meta=meta)
     assert second.weighter_ is frozen and first.weighter_.n_steps_ == steps
     np.testing.assert_allclose(second.sample_weights_, first.sample_weights_)
+    # drop mode (no sample_weight) reads each row against its label's most trusted rows
+    third = MetaWeightRefit(KNeighborsClassifier(), weighter=frozen).fit(X, y, meta=meta)
+    assert third.mode_ == "drop"
+    from mwnet_sk.refit import relative_weights
+
+    expected = relative_weights(first.weighter_.sample_weights_, labels=y)
+    expected[meta] = 1.0
+    np.testing.assert_allclose(third.sample_weights_, expected)
 
 
 def test_cross_validate_a_pipeline_with_a_meta_mask(noisy_digits):
@@ -356,3 +364,19 @@ def test_string_labels_and_a_meta_pair_with_the_real_weighter(noisy_digits):
     np.testing.assert_array_equal(fitted.y_fit_, np.concatenate([labels[~meta], labels[meta]]))
     np.testing.assert_allclose(fitted.sample_weight_[-meta.sum():], 1.0)
     assert refit.sample_weights_.shape == ((~meta).sum(),)
+
+
+def test_relative_weights_within_each_label():
+    from mwnet_sk.refit import relative_weights
+
+    # class "b" is weighted lower as a whole (a class-aware function's level); within it, one row is distrusted
+    weights = np.array([0.9, 0.85, 0.05, 0.3, 0.28, 0.02, np.nan, 0.0])
+    labels = np.array(["a", "a", "a", "b", "b", "b", "b", "c"])
+    overall = relative_weights(weights)
+    np.testing.assert_allclose(overall[:6], weights[:6] / 0.9)
+    assert (overall[3:5] < 0.5).all()  # read overall, the trusted rows of "b" look distrusted
+    within = relative_weights(weights, labels=labels)
+    np.testing.assert_allclose(within[:6], [1.0, 0.85 / 0.9, 0.05 / 0.9, 1.0, 0.28 / 0.3, 0.02 / 0.3])
+    assert np.isnan(within[6]) and within[7] == 0.0  # NaN stays NaN; a class all at 0 stays 0
+    with pytest.raises(ValueError, match="every row weight 0"):
+        relative_weights(np.zeros(3), labels=[0, 1, 1])
