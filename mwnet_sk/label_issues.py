@@ -108,18 +108,18 @@ def find_label_issues(X, y, *, estimator=None, meta=None, threshold=None, return
     Notes
     -----
     Why ``label_quality < 0.5``: on noisy labels the learned weights are close to two-valued
-    (trusted rows near the largest weight, distrusted ones near 0), so a threshold half-way
-    separates them. Measured on the digits with 40% noise and the default weighter (five seeds
-    per noise type, 2026-12-01, CPU; the "Beyond the paper" page): with uniform noise the flag
-    had a precision of 0.99-1.00 and found 76-92% of the corrupted rows (cleanlab's
-    ``CleanLearning(LogisticRegression)``: 0.92-0.95 and 91-94%); with flip noise 0.94-0.96 and
-    78-83% on three seeds, 0.83 and 50% on a fourth (cleanlab: 0.61-0.69 and 70-74%), and
-    nothing on the fifth, where the weighting function collapsed. Between thresholds 0.25 and
-    0.75 the share found changed by at most 0.08 on eight of the ten runs (by 0.25 on the flip
-    seed whose weights separated the rows least). Also requiring the prediction to disagree
-    with the label changed the precision by at most 0.03 and is not part of the rule. Rows
-    whose wrong label the network learned anyway get a high weight and are missed: review
-    further down the ranking for more.
+    within a class (trusted rows near the class's largest weight, distrusted ones near 0), so a
+    threshold half-way separates them. Measured on the digits with 40% noise and the default
+    weighter (five seeds per noise type, 2026-12-01, CPU; the "Beyond the paper" page): with
+    uniform noise the flag had a precision of 0.99 and found 76-92% of the corrupted rows
+    (cleanlab's ``CleanLearning(LogisticRegression)``: 0.92-0.95 and 91-94%); with flip noise
+    0.96-0.99 and 79-89% on four seeds, 0.97 and 17% on the fifth, whose weights separated the
+    rows less (cleanlab: 0.61-0.69 and 70-74%). Between thresholds 0.25 and 0.75 the share found
+    changed by at most 0.10 and the share of clean rows flagged by at most 0.017 (by 0.16 of the
+    corrupted rows on that fifth flip seed). Also requiring the prediction to disagree with the
+    label changed the precision by at most 0.02 and is not part of the rule. Rows whose wrong
+    label the network learned anyway get a high weight and are missed: review further down the
+    ranking for more.
 
     Examples
     --------
