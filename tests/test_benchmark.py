@@ -57,7 +57,8 @@ def test_mlp_and_without_plain_has_no_ratio():
 
 def test_fit_benchmark_rows():
     result = run_fit_benchmark("small_cnn", "cpu", n_batches=2, repeats=1, warmup=0, threads=1, **TINY)
-    assert [r.mode for r in result] == ["skorch_epoch", "plain_epoch", "mwnet_epoch"]
+    assert [r.mode for r in result] == ["skorch_epoch", "plain_epoch", "mwnet_epoch", "mwnet_loss_only_epoch"]
+    assert "WeightNet" in result.row("mwnet_loss_only_epoch").description
     assert all(r.epoch_s > 0 and r.samples == 1 for r in result)
     assert result.row("skorch_epoch").ratio == 1.0
     assert result.row("plain_epoch").description.startswith("PlainClassifier.partial_fit (plain counterpart)")

@@ -589,7 +589,8 @@ def run_fit_benchmark(
     progress: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
     """Whole ``fit`` epochs: skorch ``NeuralNetClassifier``, the library's plain training and
-    :class:`MetaWeightClassifier`.
+    :class:`MetaWeightClassifier` (with its default per-class weight net, and with the paper's
+    loss-only ``WeightNet``).
 
     All see the same synthetic training set of ``n_batches * batch_size`` rows; the MW-Net
     estimator also gets a meta set of ``meta_size`` rows (default ``batch_size``), and its plain
@@ -668,6 +669,15 @@ def run_fit_benchmark(
     )  # fmt: skip
     estimators["mwnet_epoch"] = (
         "MetaWeightClassifier.partial_fit, 1 epoch (exact)" + options, mwnet, {"meta": (X_meta, y_meta)},
+    )  # fmt: skip
+    # what the default per-class weight net costs over the paper's loss-only one
+    from ..core.weight_net import WeightNet
+
+    estimators["mwnet_loss_only_epoch"] = (
+        "the same with weight_net=WeightNet (the paper's loss-only weight net)" + options,
+        MetaWeightClassifier(module, weight_net=WeightNet, precision=precision, channels_last=channels_last,
+                             random_state=seed, **extra, **common),
+        {"meta": (X_meta, y_meta)},
     )  # fmt: skip
 
     with _threads(threads), _fork_rng(device):
