@@ -36,7 +36,7 @@ from skorch.callbacks import LoadInitState as _SkorchLoadInitState
 from skorch.history import History
 from skorch.utils import noop
 
-from .core.weight_net import FLAT_SPREAD, weight_profile
+from .core.weight_net import FLAT_SPREAD
 
 __all__ = [
     "Checkpoint",
@@ -747,12 +747,7 @@ class WeightMonitor(Callback):
         epoch = len(history)
         loss_range = net._observed_loss_range() if hasattr(net, "_observed_loss_range") else None
         if loss_range is not None:
-            labels = net._weight_function_labels()
-            if labels is None:
-                profile = weight_profile(net._weight_function_live, *loss_range)
-            else:  # a class-aware net: every class's curve
-                profile = weight_profile(lambda losses, k: net._weight_function_live(losses, k), *loss_range,
-                                         labels=labels)
+            profile = net._live_weight_function().profile(*loss_range)  # every class's curve if class-aware
             history.record("weight_fn_spread", profile.spread)
             history.record("weight_fn_trend", profile.trend)
             meta_step = np.isfinite(history[-1].get("meta_loss", np.nan))

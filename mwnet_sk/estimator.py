@@ -535,30 +535,10 @@ class MetaWeightClassifier(MetaSetClassifier):
         state = getattr(self, "training_state_", None)
         return None if state is None else state.loss_range(quantiles)
 
-    def _weight_function_live(self, losses, label=None):
-        """The current weight net as a numpy function of the loss (for the monitor); a
-        class-aware net is read for class index ``label``, or averaged over the classes."""
-        param = next(self.weight_net_.parameters(), None)
-        device = param.device if param is not None else torch.device(self.device)
-        dtype = param.dtype if param is not None else torch.float32
-        was_training = self.weight_net_.training
-        self.weight_net_.eval()
-        try:
-            with torch.no_grad():
-                x = torch.as_tensor(np.asarray(losses), dtype=dtype, device=device).reshape(-1, 1)
-                if getattr(self.weight_net_, "uses_labels", False):
-                    labels = range(len(self.classes_)) if label is None else [label]
-                    out = torch.stack([self.weight_net_(x, torch.full((len(x),), k, device=device, dtype=torch.long))
-                                       for k in labels]).mean(0)
-                else:
-                    out = self.weight_net_(x)
-                return out.reshape(-1).float().cpu().numpy()
-        finally:
-            self.weight_net_.train(was_training)
-
-    def _weight_function_labels(self):
-        """The class indices a class-aware weight net is profiled over (None for a loss-only net)."""
-        return range(len(self.classes_)) if getattr(self.weight_net_, "uses_labels", False) else None
+    def _live_weight_function(self) -> WeightFunction:
+        """The current weight net as a :class:`WeightFunction` (a frozen CPU copy, for the monitor):
+        one way to read a weighting function, class-aware or not, during fit and after it."""
+        return WeightFunction(self.weight_net_)
 
     # ------------------------------------------------------------------ fitted attributes
     def _state_view(self, name):
