@@ -45,6 +45,7 @@ from ._state import TrainingState
 from .callbacks import FinitePassthroughScoring
 from ._validation import check_classes, check_sample_shape, validate_params
 from .core.bilevel import PRECISIONS, NonFiniteError
+from .core.prior import class_prior, logit_shift
 
 __all__ = ["MetaSetClassifier", "TrainingDivergedError"]
 
@@ -76,7 +77,7 @@ class MetaSetClassifier(NeuralNetClassifier):
     _auxiliary_modules: tuple = ("batch_transform",)
     # Fitted attributes that a fresh fit forgets.
     _fit_attributes = ("training_state_", "classes_inferred_", "input_shape_", "n_features_in_",
-                       "feature_names_in_", "seed_", "pending_callback_states_")
+                       "feature_names_in_", "seed_", "pending_callback_states_", "train_prior_", "target_prior_")
 
     def __init__(
         self,
@@ -92,9 +93,11 @@ class MetaSetClassifier(NeuralNetClassifier):
         precision=None,
         channels_last=False,
         sync_batchnorm=False,
+        target_prior="train",
         **kwargs,
     ):
         self.train_on_meta = train_on_meta
+        self.target_prior = target_prior
         self.random_state = random_state
         self.nan_policy = nan_policy
         self.batch_transform = batch_transform
@@ -290,6 +293,7 @@ class MetaSetClassifier(NeuralNetClassifier):
         )
         if not fresh:
             check_sample_shape(data.sample_shape, getattr(self, "input_shape_", None), type(self).__name__)
+        self._class_priors(data)  # a bad target_prior fails before anything is built
         return data
 
     def get_dataset(self, X, y=None):
@@ -497,6 +501,7 @@ class MetaSetClassifier(NeuralNetClassifier):
 
     def _set_fit_metadata(self, data):
         self.classes_inferred_ = data.classes
+        self.train_prior_, self.target_prior_ = self._class_priors(data)
         self.input_shape_ = data.sample_shape
         if isinstance(data.sample_shape, tuple) and len(data.sample_shape) == 1:
             self.n_features_in_ = data.sample_shape[0]
@@ -504,6 +509,46 @@ class MetaSetClassifier(NeuralNetClassifier):
             self.feature_names_in_ = data.feature_names
         else:
             vars(self).pop("feature_names_in_", None)
+
+    def _class_priors(self, data):
+        """(train_prior_, target_prior_) of a fit: the class frequencies of the rows trained on
+        and those to predict for (see ``target_prior``)."""
+        n_classes = len(data.classes)
+        train = class_prior(np.bincount(data.y_train, minlength=n_classes))
+        target = self.target_prior
+        if isinstance(target, str):
+            if target == "meta" and data.y_meta is not None:
+                return train, class_prior(np.bincount(data.y_meta, minlength=n_classes))
+            return train, train.copy()  # "train", or "meta" without a meta set: predict as trained
+        target = np.asarray(target, dtype=np.float64)
+        if target.shape != (n_classes,) or not np.all(np.isfinite(target)) or np.any(target < 0) \
+                or not target.sum() > 0:
+            raise ValueError(
+                f"target_prior must be 'meta', 'train', or one non-negative frequency per class "
+                f"({n_classes} values in the order of classes_, not all zero); got {self.target_prior!r}"
+            )
+        return train, target / target.sum()
+
+    def _prior_logit_shift(self):
+        """The per-class logit shift of predictions (a tensor on ``device``), None when there
+        is none (predictions for the training prior, or a net never fitted)."""
+        train, target = getattr(self, "train_prior_", None), getattr(self, "target_prior_", None)
+        if train is None or target is None or np.allclose(train, target, rtol=0, atol=1e-12):
+            return None
+        return torch.as_tensor(logit_shift(train, target), dtype=torch.float32, device=torch.device(self.device))
+
+    def _get_predict_nonlinearity(self):
+        """skorch's prediction nonlinearity (softmax for ``predict_nonlinearity="auto"``),
+        applied to the logits shifted for the target prior (``target_prior``)."""
+        nonlin = super()._get_predict_nonlinearity()
+        shift = self._prior_logit_shift()
+        if shift is None:
+            return nonlin
+
+        def shifted(logits):
+            return nonlin(logits + shift.to(device=logits.device, dtype=logits.dtype))
+
+        return shifted
 
     def _fit(self, data, X, y, routing_method, fit_params):
         if fit_params and self.train_split is None:
@@ -779,6 +824,9 @@ class MetaSetClassifier(NeuralNetClassifier):
                 logits.append(self.evaluation_step(batch, training=False).float())
             labels.append(torch.as_tensor(batch[1]).to(logits[-1].device))
         logits, labels = torch.cat(logits), torch.cat(labels).long()
+        shift = self._prior_logit_shift()
+        if shift is not None:  # scored as predict scores: for the target prior
+            logits = logits + shift.to(logits.device)
         if scoring == "accuracy":
             return (logits.argmax(1) == labels).double().mean().item()
         return -torch.nn.functional.cross_entropy(logits, labels).item()
@@ -794,6 +842,14 @@ class MetaSetClassifier(NeuralNetClassifier):
                     "call fit, or load a checkpoint that includes the training state "
                     "(load_params(checkpoint=...) or f_training_state=...), or pass classes=")
             raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet: {hint}.")
+
+    def trim_for_prediction(self):
+        """skorch's ``trim_for_prediction``; ``predict_proba`` keeps returning probabilities (skorch
+        infers the softmax from the criterion, which trimming removes)."""
+        if not getattr(self, "_trimmed_for_prediction", False) and self.predict_nonlinearity == "auto":
+            self.check_is_fitted()
+            self.predict_nonlinearity = super()._get_predict_nonlinearity()
+        super().trim_for_prediction()
 
     def predict_proba(self, X):
         """Class probabilities for X, columns in the order of ``classes_``."""
@@ -818,6 +874,9 @@ class MetaSetClassifier(NeuralNetClassifier):
                 meta[name] = int(getattr(self, name))
         if getattr(self, "feature_names_in_", None) is not None:
             meta["feature_names_in_"] = [str(n) for n in self.feature_names_in_]
+        for name in ("train_prior_", "target_prior_"):
+            if getattr(self, name, None) is not None:
+                meta[name] = [float(v) for v in getattr(self, name)]
         shape = getattr(self, "input_shape_", None)
         if shape is not None:
             meta["input_shape_"] = {k: list(v) for k, v in shape.items()} if isinstance(shape, dict) else list(shape)
@@ -835,6 +894,9 @@ class MetaSetClassifier(NeuralNetClassifier):
                 setattr(self, name, int(meta[name]))
         if "feature_names_in_" in meta:
             self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
+        for name in ("train_prior_", "target_prior_"):
+            if name in meta:
+                setattr(self, name, np.asarray(meta[name], dtype=np.float64))
         if "input_shape_" in meta:
             shape = meta["input_shape_"]
             self.input_shape_ = {k: tuple(v) for k, v in shape.items()} if isinstance(shape, dict) else tuple(shape)

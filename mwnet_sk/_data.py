@@ -454,6 +454,7 @@ class FitData:
     train: Dataset
     y_train: np.ndarray  # encoded labels of the training items (for stratified splits)
     meta: Dataset | None
+    y_meta: np.ndarray | None  # encoded labels of the meta items (None without a meta set)
     n_rows: int  # rows of X
     classes: np.ndarray
     train_rows: np.ndarray  # the X row of each training item (-1 for appended meta items)
@@ -613,10 +614,11 @@ def prepare_fit_data(X, y, meta, classes=None, *, train_on_meta=False, keep_inte
     hash_parts = [{"X": features if features is not None else (type(X).__name__, len(X)),
                    "codes": codes, "classes": classes, "train_rows": train_rows}]
 
-    meta_ds = None
+    meta_ds = meta_codes = None
     if meta_kind == "rows":
         hash_parts.append({"meta_rows": meta_rows})
         meta_ds = rows_of_X(meta_rows)
+        meta_codes = codes[meta_rows]
     elif meta_kind == "pair":
         X_meta, y_meta = meta
         if is_dataset(X_meta):
@@ -665,6 +667,7 @@ def prepare_fit_data(X, y, meta, classes=None, *, train_on_meta=False, keep_inte
         train=train,
         y_train=y_train,
         meta=meta_ds,
+        y_meta=meta_codes,
         n_rows=n_rows,
         classes=classes,
         train_rows=train_rows,

@@ -182,6 +182,7 @@ def parameter_constraints(meta_gradients, precisions, nan_policies) -> dict:
         "precision": [StrOptions({p for p in precisions if p is not None}), None],
         "channels_last": ["boolean"],
         "sync_batchnorm": ["boolean"],
+        "target_prior": [StrOptions({"meta", "train"}), "array-like"],
     }
 
 

@@ -12,6 +12,12 @@ and for the "select the epoch on the clean rows" baseline, train on the noisy ro
 :class:`~mwnet_sk.callbacks.MetaScoring` keep the epoch that scores best on the meta set::
 
     selected = plain_counterpart(mw, train_on_meta=False, callbacks=[MetaScoring()]).fit(X, y, meta=mask)
+
+The estimator predicts for the meta set's class frequencies (``target_prior="meta"``); plain
+training predicts for those of its training rows. To see what the weighting adds beyond that
+correction, give plain training the same one::
+
+    corrected = plain_counterpart(mw, target_prior="meta").fit(X, y, meta=mask)
 """
 
 from __future__ import annotations
@@ -56,6 +62,11 @@ class PlainClassifier(MetaSetClassifier):
         The classifier (returns logits).
     train_on_meta : bool, default=True
         Train on the meta rows too.
+    target_prior : {"train", "meta"} or array-like of shape (n_classes,), default="train"
+        The class frequencies predictions are made for, as in
+        :class:`~mwnet_sk.MetaWeightClassifier` (whose default is ``"meta"``). ``"train"``
+        (default) is plain training as you would run it otherwise; ``"meta"`` gives plain
+        training the same class-prior correction, to see what the weighting adds beyond it.
     **kwargs
         As :class:`~mwnet_sk.MetaWeightClassifier` (the shared parameters) and skorch's
         ``NeuralNetClassifier``.
@@ -66,6 +77,8 @@ class PlainClassifier(MetaSetClassifier):
         The trained classifier.
     classes_ : ndarray of shape (n_classes,)
         Class labels.
+    train_prior_, target_prior_ : ndarray of shape (n_classes,)
+        The class frequencies trained on and predicted for (see ``target_prior``).
     sample_losses_ : ndarray of shape (n_rows,)
         The training loss of each row of X at its last visit (NaN for rows never trained on).
 
@@ -86,7 +99,7 @@ class PlainClassifier(MetaSetClassifier):
         key: value
         for key, value in parameter_constraints(META_GRADIENTS, PRECISIONS, ("raise", "skip")).items()
         if key in ("lr", "max_epochs", "batch_size", "train_on_meta", "random_state", "nan_policy",
-                   "data_on_device", "precision", "channels_last", "sync_batchnorm")
+                   "data_on_device", "precision", "channels_last", "sync_batchnorm", "target_prior")
     }
 
     def _meta_required(self) -> bool:
@@ -158,6 +171,8 @@ def plain_counterpart(estimator, **overrides) -> PlainClassifier:
 
     ``overrides`` replace any parameter, e.g. ``train_on_meta=False, callbacks=[MetaScoring()]``.
     Callbacks are cloned; the estimator's own defaults (the weight monitor) do not apply.
+    Predictions are the network's own (``target_prior="train"``), as plain training gives
+    them; ``target_prior="meta"`` adds the estimator's class-prior correction.
     """
     from sklearn.base import clone
 

@@ -34,15 +34,18 @@ class MetaWeightClassifier(MetaSetClassifier):
     graph of the paper's code.
 
     The defaults come from a robustness study (the "Choosing a method" page) and differ from
-    the paper in four settings: the weighting function has a learned correction per class on
+    the paper in five settings: the weighting function has a learned correction per class on
     top of the paper's loss-to-weight curve (``weight_net=PerClassWeightNet``; a loss-only
     curve cannot separate flipped labels), the weights are normalised by their batch sum
     (``normalize_weights=True``, as in the authors' 2019 scripts), the clean meta rows are
-    trained on too (``train_on_meta=True``), and the first 20% of the epochs train plainly
-    (``warmup_epochs=0.2``). The weight net is trained by SGD with momentum, as in the
-    authors' 2019 scripts, at 1e-2. ``weight_net=WeightNet, normalize_weights=False,
-    train_on_meta=False, warmup_epochs=0`` is the paper (Eq. 1, the 1-100-1 MLP, the meta set
-    held out); the authors' exact settings are presets in :mod:`mwnet_sk.reproduce.protocols`.
+    trained on too (``train_on_meta=True``), the first 20% of the epochs train plainly
+    (``warmup_epochs=0.2``), and predictions are made for the meta set's class frequencies
+    (``target_prior="meta"``: a long tail, or noisy labels' skewed frequencies, no longer bias
+    them). The weight net is trained by SGD with momentum, as in the authors' 2019 scripts, at
+    1e-2. ``weight_net=WeightNet, normalize_weights=False, train_on_meta=False,
+    warmup_epochs=0, target_prior="train"`` is the paper (Eq. 1, the 1-100-1 MLP, the meta set
+    held out, the network's own probabilities); the authors' exact settings are presets in
+    :mod:`mwnet_sk.reproduce.protocols`.
 
     Parameters
     ----------
@@ -146,6 +149,19 @@ class MetaWeightClassifier(MetaSetClassifier):
         backward), and the exact meta-gradient's JVP then runs without ``fast_jvp``'s shortcuts.
         Works on CPU (gloo) and CUDA (NCCL), not with ``compile=True``; without a process group
         it changes nothing.
+    target_prior : {"meta", "train"} or array-like of shape (n_classes,), default="meta"
+        The class frequencies that ``predict_proba``, ``predict`` and ``score`` predict for.
+        The network learns the class frequencies of its training rows; where the data it is
+        for has others, Bayes' rule shifts each class's logit by ``log target − log train``
+        (:mod:`mwnet_sk.core.prior`; Saerens et al. 2002, the logit adjustment of Menon et al.
+        2021). ``"meta"``: the meta set's frequencies, since Meta-Weight-Net takes the clean
+        meta set to be drawn from the data the model is for (a balanced meta set gives
+        balanced predictions); without a meta set, as ``"train"``. ``"train"``: the
+        training rows' frequencies, i.e. the network's own probabilities (the paper). An
+        array: known frequencies, one per class in the order of ``classes_``. The shift
+        applies to predictions only; training, the losses and ``forward`` are unchanged. If
+        your meta set's class mix is not that of the data you predict on (e.g. a balanced meta
+        set for naturally imbalanced data), pass the real frequencies or ``"train"``.
     iterator_meta__num_workers : int, optional
         For a meta set given as a torch Dataset: DataLoader worker processes that load and
         prefetch meta batches (ended when ``fit`` ends). Any other DataLoader option routes
@@ -173,6 +189,10 @@ class MetaWeightClassifier(MetaSetClassifier):
     weight_function_ : WeightFunction
         A picklable CPU copy of the learned loss-to-weight map;
         ``weight_function_.profile()`` summarises it in one line.
+    train_prior_, target_prior_ : ndarray of shape (n_classes,)
+        The class frequencies of the rows trained on (meta rows included when trained on; a
+        class without rows counts as one) and those predictions are made for (see ``target_prior``); equal
+        when predictions are the network's own.
     sample_weights_ : ndarray of shape (n_rows,)
         The weight each row of X got at its last visit; NaN for rows never trained on (held
         out meta rows, rows held out by ``train_split``).
@@ -258,6 +278,7 @@ class MetaWeightClassifier(MetaSetClassifier):
         precision=None,
         channels_last=False,
         sync_batchnorm=False,
+        target_prior="meta",
         **kwargs,
     ):
         self.meta_lr = meta_lr
@@ -284,6 +305,7 @@ class MetaWeightClassifier(MetaSetClassifier):
             precision=precision,
             channels_last=channels_last,
             sync_batchnorm=sync_batchnorm,
+            target_prior=target_prior,
             **kwargs,
         )
 

@@ -96,7 +96,7 @@ class Protocol:
 
 # The parts every script shares: the classifier's SGD, batch sizes, one weight-net update per
 # step through every parameter, the paper's 1-100-1 weight net, the meta set held out of training,
-# weighting from the first step (no warm-up).
+# weighting from the first step (no warm-up), predictions that are the network's own.
 _SHARED = {
     "optimizer": torch.optim.SGD,
     "lr": 0.1,
@@ -110,6 +110,7 @@ _SHARED = {
     "weight_net__hidden_size": 100,
     "train_on_meta": False,
     "warmup_epochs": 0,
+    "target_prior": "train",
 }
 # The scripts pad by reflection and normalise with the CIFAR-10 statistics, CIFAR-100 too.
 _AUGMENT = {"padding_mode": "reflect", "normalize": "cifar10"}
