@@ -184,8 +184,11 @@ def learned_weights(weighter, X, y):
     missing = np.flatnonzero(~np.isfinite(weights))
     if missing.size:
         codes = encode_labels(np.asarray(check_labels(y, "y"))[missing], inner.classes_, "y")
-        proba = inner.predict_proba(_safe_indexing(X, missing))
-        loss = -np.log(np.clip(proba[np.arange(missing.size), codes], 1e-12, None))
+        # the cross-entropy under the network's own probabilities, as in training (predict_proba
+        # may be shifted to another class prior: target_prior)
+        logits = inner.forward(_safe_indexing(X, missing))
+        log_proba = torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1).numpy()
+        loss = -log_proba[np.arange(missing.size), codes]
         weight_function = inner.weight_function_
         if getattr(weight_function, "uses_labels", False):
             weights[missing] = weight_function(loss, codes)
