@@ -178,13 +178,15 @@ def run_demo(
 
 
 _WEIGHTING = ("meta_lr", "meta_optimizer", "meta_batch_size", "weight_net", "normalize_weights", "train_on_meta",
-              "warmup_epochs", "meta_gradient", "meta_interval")
+              "warmup_epochs", "meta_gradient", "meta_interval", "target_prior")
 
 
 def _weighting(mwnet) -> dict:
     """The settings that shape the weighting, JSON-ready (classes by their dotted names)."""
     params = mwnet.get_params(deep=False)
     named = {k: f"{v.__module__}.{v.__qualname__}" if isinstance(v, type) else v for k, v in params.items()}
+    if not isinstance(named["target_prior"], str):  # given class frequencies
+        named["target_prior"] = [float(v) for v in np.asarray(named["target_prior"]).reshape(-1)]
     return {k: named[k] for k in _WEIGHTING}
 
 
@@ -192,8 +194,12 @@ def _describe(weighting: dict, epochs: int) -> str:
     warmup = weighting["warmup_epochs"]
     warmup_epochs = int(round(warmup * epochs)) if isinstance(warmup, float) else int(warmup)
     weighted = "by their batch sum" if weighting["normalize_weights"] else "by the batch size"
+    prior = weighting.get("target_prior", "train")
+    predicted = {"meta": "the meta set's class frequencies", "train": "the training rows' class frequencies"}.get(
+        prior, "the given class frequencies") if isinstance(prior, str) else "the given class frequencies"
     return (f"meta_lr {weighting['meta_lr']:g}, weighted losses divided {weighted}, meta rows "
-            f"{'trained on too' if weighting['train_on_meta'] else 'held out'}, {warmup_epochs} plain warm-up epochs")
+            f"{'trained on too' if weighting['train_on_meta'] else 'held out'}, {warmup_epochs} plain warm-up epochs, "
+            f"predictions for {predicted}")
 
 
 def _what(result: DemoResult) -> str:
