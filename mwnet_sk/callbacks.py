@@ -759,9 +759,10 @@ class WeightMonitor(Callback):
                 self._warn("collapse", (
                     f"the learned weighting function has been nearly constant for {self.flat_epochs_} "
                     f"epochs ({profile}), so every sample gets the same weight and Meta-Weight-Net "
-                    "trains like plain training. That is expected when the training labels are clean "
-                    "(also on long-tailed data with clean labels, where in the robustness study no weighting "
-                    "did better than plain training on every row); under label noise try "
+                    f"trains like plain training. {_all_fit_note(net, loss_range)}That is expected when the "
+                    "training labels are clean (also on a long tail with clean labels, where in the robustness "
+                    "study the defaults' gain came from predicting for the meta set's class frequencies, "
+                    "target_prior='meta', not from the weighting); under label noise try "
                     "normalize_weights=True (the default), the default weight net PerClassWeightNet (a "
                     "loss-only WeightNet cannot separate flipped labels), another meta_lr (e.g. 10x larger "
                     "or smaller), and check that the meta set is clean and class-balanced. "
@@ -781,6 +782,17 @@ class WeightMonitor(Callback):
                     "callbacks=[mwnet_sk.callbacks.MetaScoring()] (with train_on_meta=False), train "
                     "fewer epochs, or lower the learning rate earlier."
                 ))
+
+
+def _all_fit_note(net, loss_range) -> str:
+    """A sentence for the collapse warning when the training losses are all small: with every row
+    fit, the meta gradient has nothing left to tell the rows apart by."""
+    n_classes = len(getattr(net, "classes_inferred_", ())) or 2
+    high = float(loss_range[1])
+    if high >= 0.1 * np.log(n_classes):  # a tenth of the loss of a uniform guess
+        return ""
+    return (f"The training losses reach only {high:.3g}: the classifier fits every row, so nothing is left "
+            "to weight. ")
 
 
 class MetaScoring(Callback):

@@ -66,6 +66,34 @@ def test_collapse_warning_fires_on_a_collapsed_run(noisy):
     assert "flat" in repr(clf.weight_function_)
 
 
+def test_collapse_warning_says_when_every_row_is_fit():
+    from skorch.history import History
+
+    from mwnet_sk.core.weight_net import WeightFunction
+
+    def monitor_warning(loss_high):
+        class Net:  # what the monitor reads: the history, the losses seen, the live function
+            history = History()
+            classes_inferred_ = np.arange(10)
+
+            def _observed_loss_range(self):
+                return (0.0, loss_high)
+
+            def _live_weight_function(self):
+                return WeightFunction(ConstantWeights())
+
+        net, monitor = Net(), WeightMonitor(patience=1).initialize()
+        with pytest.warns(WeightCollapseWarning, match="nearly constant") as record:
+            net.history.new_epoch()
+            net.history.record("meta_loss", 0.1)
+            monitor.on_epoch_end(net)
+        return str(record[0].message)
+
+    # a tenth of log(10) = 0.23: below it every row counts as fit
+    assert "reach only 0.05: the classifier fits every row" in monitor_warning(0.05)
+    assert "fits every row" not in monitor_warning(2.0)
+
+
 def test_meta_stall_is_recorded_and_warned_once():
     from skorch.history import History
 
