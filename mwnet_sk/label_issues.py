@@ -79,9 +79,10 @@ def find_label_issues(X, y, *, estimator=None, meta=None, threshold=None, return
         * ``row``: the row's position in X (the DataFrame's index);
         * ``given_label``: its label in ``y``;
         * ``predicted_label``: the fitted model's prediction for the row (for a
-          ``MetaWeightRefit``, its ``estimator_``'s). In-sample, but a row the weighter
-          down-weighted barely shaped the model, so for a flagged row it is a suggested
-          correction;
+          ``MetaWeightRefit``, its ``estimator_``'s; a ``MetaWeightClassifier`` predicts for
+          the meta set's class frequencies by default, ``target_prior``). In-sample, but a row
+          the weighter down-weighted barely shaped the model, so for a flagged row it is a
+          suggested correction;
         * ``label_quality``: the learned weight divided by the largest among the rows with the
           same given label, in [0, 1];
         * ``weight``: the learned weight itself (its scale is arbitrary);
