@@ -13,18 +13,21 @@ Settings (data set x bias), each with ``--seeds`` seeds (10 by default):
   per class).
 
 Methods (``--methods``): ``plain`` (the same network and recipe trained on every labelled row,
-meta rows included: :func:`mwnet_sk.plain_counterpart`), ``plain-reseed`` (the same plain
-training from another seed, i.e. other initial weights and batch order: its "gain" is what chance
-alone moves the accuracy by), ``selected`` (plain training on the
-noisy rows only, keeping the epoch that scores best on the meta rows:
+meta rows included: :func:`mwnet_sk.plain_counterpart`), ``plain-prior`` (the same plain
+training, predicting for the meta set's class frequencies like the defaults:
+``target_prior="meta"``; it shows how much of the defaults' gain that correction alone gives),
+``plain-reseed`` (the same plain training from another seed, i.e. other initial weights and
+batch order: its "gain" is what chance alone moves the accuracy by), ``selected`` (plain
+training on the noisy rows only, keeping the epoch that scores best on the meta rows:
 :class:`mwnet_sk.callbacks.MetaScoring`), ``mwnet`` (the defaults), ``mwnet-keepbest`` (the
 defaults plus ``MetaScoring``: the epoch that scores best on the meta rows, which the defaults
 also train on), the authors' presets
 (``mwnet-2019-noise``, ``mwnet-2019-imbalance``, ``mwnet-2020``: meta set held out), knob
-variants (``paper``: Eq. 1 weighting, meta set held out, Adam 1e-3, no warm-up, i.e. the
-library's defaults before this study; the presets contribute their weighting settings only,
-the classifier's recipe stays the study's; ``adam``, ``adam-warmup``, ``sgd``, ``loss-only`` (the
-paper's loss-only ``WeightNet`` instead of the default ``PerClassWeightNet``): one knob at a time
+variants (``paper``: Eq. 1 weighting, meta set held out, Adam 1e-3, no warm-up, the network's
+own probabilities, i.e. the library's defaults before this study; the presets contribute their
+weighting and prediction settings only, the classifier's recipe stays the study's; ``adam``,
+``adam-warmup``, ``sgd``, ``loss-only`` (the paper's loss-only ``WeightNet`` instead of the
+default ``PerClassWeightNet``): one knob at a time
 away from the defaults) and, when installed, peers: ``cleanlab`` (cleanlab's
 ``CleanLearning`` around the plain network, trained on every labelled row) and ``oversample``
 (imbalanced-learn's ``RandomOverSampler`` before plain training; long tails only). A linear
@@ -84,17 +87,20 @@ DATASETS = ("digits", "blobs2000", "blobs6000")
 BIASES = ("uniform", "flip", "longtail")
 # extra settings: the digits with a smaller and a larger meta set
 EXTRA = ("digits-uniform-meta5", "digits-uniform-meta20", "digits-flip-meta5")
-METHODS = ("plain", "plain-reseed", "selected", "mwnet", "loss-only", "mwnet-keepbest", "mwnet-2019-noise",
-           "mwnet-2019-imbalance", "mwnet-2020", "paper", "adam", "adam-warmup", "sgd", "class-aware", "transfer",
-           "transfer-per-class", "cleanlab", "oversample", "plain-lr", "refit-lr", "cleanlab-lr")
+METHODS = ("plain", "plain-prior", "plain-reseed", "selected", "mwnet", "loss-only", "mwnet-keepbest",
+           "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020", "paper", "adam", "adam-warmup", "sgd",
+           "class-aware", "transfer", "transfer-per-class", "cleanlab", "oversample", "plain-lr", "refit-lr",
+           "cleanlab-lr")
 # ``paper`` is left out by default: with the study's classifier recipe it is ``mwnet-2020``.
-DEFAULT_METHODS = ("plain", "plain-reseed", "selected", "mwnet", "loss-only", "mwnet-keepbest", "mwnet-2019-noise",
-                   "mwnet-2019-imbalance", "mwnet-2020", "adam-warmup", "class-aware", "transfer",
-                   "transfer-per-class", "cleanlab", "oversample", "plain-lr", "refit-lr", "cleanlab-lr")
+DEFAULT_METHODS = ("plain", "plain-prior", "plain-reseed", "selected", "mwnet", "loss-only", "mwnet-keepbest",
+                   "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020", "adam-warmup", "class-aware",
+                   "transfer", "transfer-per-class", "cleanlab", "oversample", "plain-lr", "refit-lr",
+                   "cleanlab-lr")
 # one knob at a time away from the library's defaults
 KNOBS = {
     "paper": {"weight_net": "WeightNet", "normalize_weights": False, "train_on_meta": False, "warmup_epochs": 0,
-              "meta_optimizer": "adam", "meta_lr": 1e-3, "meta_optimizer__weight_decay": 1e-4},
+              "meta_optimizer": "adam", "meta_lr": 1e-3, "meta_optimizer__weight_decay": 1e-4,
+              "target_prior": "train"},
     "adam": {"meta_optimizer": "adam", "meta_lr": 1e-3, "meta_optimizer__weight_decay": 1e-4, "warmup_epochs": 0},
     "adam-warmup": {"meta_optimizer": "adam", "meta_lr": 1e-3, "meta_optimizer__weight_decay": 1e-4},
     "sgd": {"warmup_epochs": 0},
@@ -104,7 +110,8 @@ KNOBS = {
 
 _WEIGHTING = {"weight_net", "normalize_weights", "detach_weight_input", "train_on_meta", "warmup_epochs", "meta_lr",
               "meta_optimizer", "meta_optimizer__momentum", "meta_optimizer__nesterov",
-              "meta_optimizer__weight_decay", "meta_interval", "meta_params", "weight_net__hidden_size"}
+              "meta_optimizer__weight_decay", "meta_interval", "meta_params", "weight_net__hidden_size",
+              "target_prior"}
 
 
 def settings(smoke: bool):
@@ -197,6 +204,8 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
     record = {"setting": setting, "seed": seed, "method": method}
     if method == "plain":
         est = plain_counterpart(base).fit(X, y_noisy, meta=meta)
+    elif method == "plain-prior":
+        est = plain_counterpart(base, target_prior="meta").fit(X, y_noisy, meta=meta)
     elif method == "plain-reseed":  # chance alone: the same plain training from another seed
         est = plain_counterpart(make_mwnet(X.shape[1], seed + 500, epochs)).fit(X, y_noisy, meta=meta)
     elif method == "selected":
