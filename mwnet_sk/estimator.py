@@ -191,8 +191,8 @@ class MetaWeightClassifier(MetaSetClassifier):
         ``weight_function_.profile()`` summarises it in one line.
     train_prior_, target_prior_ : ndarray of shape (n_classes,)
         The class frequencies of the rows trained on (meta rows included when trained on; a
-        class without rows counts as one) and those predictions are made for (see ``target_prior``); equal
-        when predictions are the network's own.
+        class without rows counts as one) and those predictions are made for (see
+        ``target_prior``); equal when predictions are the network's own.
     sample_weights_ : ndarray of shape (n_rows,)
         The weight each row of X got at its last visit; NaN for rows never trained on (held
         out meta rows, rows held out by ``train_split``).

@@ -190,13 +190,15 @@ def _weighting(mwnet) -> dict:
     return {k: named[k] for k in _WEIGHTING}
 
 
+_PREDICTED_FOR = {"meta": "the meta set's class frequencies", "train": "the training rows' class frequencies"}
+
+
 def _describe(weighting: dict, epochs: int) -> str:
     warmup = weighting["warmup_epochs"]
     warmup_epochs = int(round(warmup * epochs)) if isinstance(warmup, float) else int(warmup)
     weighted = "by their batch sum" if weighting["normalize_weights"] else "by the batch size"
-    prior = weighting.get("target_prior", "train")
-    predicted = {"meta": "the meta set's class frequencies", "train": "the training rows' class frequencies"}.get(
-        prior, "the given class frequencies") if isinstance(prior, str) else "the given class frequencies"
+    prior = weighting.get("target_prior", "train")  # results saved before target_prior predicted as trained
+    predicted = _PREDICTED_FOR[prior] if isinstance(prior, str) else "the given class frequencies"
     return (f"meta_lr {weighting['meta_lr']:g}, weighted losses divided {weighted}, meta rows "
             f"{'trained on too' if weighting['train_on_meta'] else 'held out'}, {warmup_epochs} plain warm-up epochs, "
             f"predictions for {predicted}")
