@@ -139,7 +139,7 @@ class TrainingState:
             self.weights_history = torch.cat([self.weights_history, current[None]])
 
     def loss_range(self, quantiles=(0.05, 0.95)):
-        """Percentiles of the losses seen so far, or None before any."""
+        """Percentiles of each row's latest loss, or None before any row was seen."""
         losses = self.sample_losses[torch.isfinite(self.sample_losses)]
         if losses.numel() == 0:
             return None

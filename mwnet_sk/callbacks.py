@@ -684,8 +684,9 @@ class WeightCollapseWarning(UserWarning):
 class WeightMonitor(Callback):
     """Watch the learned weighting function and the meta loss; say so when either stops working.
 
-    After every epoch it evaluates the weight net over the losses seen so far (their 5th to
-    95th percentiles) and records in ``history``:
+    After every epoch it evaluates the weight net over the training losses as they stand (the
+    5th to 95th percentiles of each row's latest loss: the losses the weights now act on) and
+    records in ``history``:
 
     * ``weight_fn_spread``: ``(max - min) / max`` of the weights over those losses (0: constant);
     * ``weight_fn_trend``: ``"decreasing"``, ``"increasing"``, ``"flat"`` or ``"non-monotonic"``

@@ -553,7 +553,7 @@ class MetaWeightClassifier(MetaSetClassifier):
 
     # ------------------------------------------------------------------ monitoring
     def _observed_loss_range(self, quantiles=(0.05, 0.95)):
-        """Percentiles of the training losses seen so far (None before any)."""
+        """Percentiles of each training row's latest loss (None before any row was seen)."""
         state = getattr(self, "training_state_", None)
         return None if state is None else state.loss_range(quantiles)
 
