@@ -20,8 +20,10 @@ The statistics come from the one table of the package, :data:`mwnet_sk.datasets.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,15 +56,19 @@ _PADDING_MODES = ("constant", "reflect")
 _CIFAR = ("cifar10", "cifar100")
 
 
+def _is_int(value) -> bool:
+    """An integer (Python or numpy), not a bool or a float that ``int()`` would truncate."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def _pair(value, name: str) -> tuple[int, int] | None:
     if value is None:
         return None
-    if isinstance(value, int):
+    if _is_int(value):
         value = (value, value)
-    value = tuple(int(v) for v in value)
-    if len(value) != 2 or min(value) < 1:
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2 or not all(_is_int(v) and v >= 1 for v in value):
         raise ValueError(f"{name} must be a positive int or a pair of positive ints; got {value!r}")
-    return value
+    return tuple(int(v) for v in value)
 
 
 class BatchAugment(nn.Module):
@@ -146,8 +152,8 @@ class BatchAugment(nn.Module):
             raise ValueError(f"mean and std have different lengths ({mean_t.numel()} vs {std_t.numel()})")
         if (std_t <= 0).any():
             raise ValueError("std must be positive")
-        if int(crop_padding) < 0:
-            raise ValueError(f"crop_padding must be >= 0; got {crop_padding!r}")
+        if not _is_int(crop_padding) or crop_padding < 0:
+            raise ValueError(f"crop_padding must be an int >= 0; got {crop_padding!r}")
         if layout not in _LAYOUTS:
             raise ValueError(f"layout must be one of {_LAYOUTS}; got {layout!r}")
         if padding_mode not in _PADDING_MODES:

@@ -19,6 +19,8 @@ state the facts, and this module adds which flag changes them.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -50,6 +52,8 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
@@ -259,6 +263,8 @@ def _cmd_benchmark(args) -> int:
         run_fit_benchmark,
     )
 
+    if args.json:  # found out before the run, not after it: a benchmark can take minutes
+        _check_writable(args.json, "--json")
     if args.list_modes:
         for m in MODES.values():
             print(f"{m.name:20s} {m.description}{'  [CUDA by default]' if m.cuda_only else ''}")
@@ -318,9 +324,23 @@ def _cmd_benchmark(args) -> int:
         print(format_benchmark(fit))
         results.append(fit)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump([r.as_dict() for r in results], fh, indent=2)
+        try:
+            with open(args.json, "w") as fh:
+                json.dump([r.as_dict() for r in results], fh, indent=2)
+        except OSError as err:
+            raise CLIError(f"--json {args.json}: could not write the results ({err.strerror})") from None
     return 0
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """Refuse an output file that cannot be written, before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise CLIError(f"{flag} {path}: the folder {folder} does not exist; create it or write elsewhere")
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} {path}: is a folder; give a file name")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise CLIError(f"{flag} {path}: not writable; write elsewhere")
 
 
 def _model_name(text: str) -> str:

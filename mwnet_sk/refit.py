@@ -592,7 +592,8 @@ def _append_rows(X, X_extra):
     extra = np.asarray(X_extra.detach().cpu() if isinstance(X_extra, torch.Tensor) else X_extra)
     if extra.shape[1:] != X_arr.shape[1:]:
         raise ValueError(f"the meta set has {extra.shape[1:]} features per row but X has {X_arr.shape[1:]}")
-    return np.concatenate([X_arr, extra.astype(X_arr.dtype, copy=False)])
+    # numpy's common type of both: float meta rows next to an integer X are not truncated
+    return np.concatenate([X_arr, extra])
 
 
 def _fit_weighted(estimator, X, y, sample_weight):

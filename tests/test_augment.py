@@ -4,6 +4,7 @@ import copy
 import pickle
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -306,3 +307,11 @@ def test_cuda_batch_stays_on_device():
     assert keys
     aug.eval()
     torch.testing.assert_close(aug(x).cpu(), reference_normalise(x.cpu()))
+
+
+@pytest.mark.parametrize("kwargs", [{"crop_padding": 2.7}, {"crop_size": (8.9, 8.2)}, {"crop_size": True},
+                                    {"crop_padding": True}, {"crop_size": "88"}])
+def test_sizes_that_int_would_truncate_are_refused(kwargs):
+    with pytest.raises(ValueError, match="must be"):
+        BatchAugment((0.5,), (0.25,), **kwargs)
+    assert BatchAugment((0.5,), (0.25,), crop_size=np.int64(8), crop_padding=np.int64(2)).crop_size == (8, 8)

@@ -249,14 +249,14 @@ def test_malformed_cifar_batch(cifar10_root):
 def test_cifar_labels_outside_the_classes_are_refused_naming_the_file(cifar10_root, bad):
     path = cifar10_root / "cifar-10-batches-py" / "data_batch_4"
     _dump({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, bad, 2]}, path)
-    with pytest.raises(ValueError, match=rf"data_batch_4: 1 labels under 'labels' are outside \[0, 9\].*{bad} for image 1"):
+    with pytest.raises(ValueError, match=rf"data_batch_4, entry 'labels': 1 labels are outside \[0, 9\] \(the first is {bad} at position 1\)"):
         load_cifar("cifar10", cifar10_root)
 
 
 def test_cifar100_label_range_is_its_own(cifar100_root):
     path = cifar100_root / "cifar-100-python" / "test"
     _dump({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [99, 100]}, path)
-    with pytest.raises(ValueError, match=r"test: 1 labels .* outside \[0, 99\]"):
+    with pytest.raises(ValueError, match=r"test, entry .fine_labels.: 1 labels are outside \[0, 99\]"):
         load_cifar("cifar100", cifar100_root, train=False)
 
 
@@ -775,3 +775,105 @@ def test_clothing1m_non_utf8_file_names_file_and_line(tmp_path, fname):
     path.write_bytes(b"".join(lines))
     with pytest.raises(ValueError, match=rf"{fname}, line 2: not UTF-8 text \(byte 0xe9 at column 16\)"):
         Clothing1M(tmp_path, "clean_test")
+
+
+# ------------------------------------------------------------------ review fixes (2026-12-02)
+@pytest.mark.parametrize("labels", [[0.9] * 20, [True, False] * 10, ["1"] * 20])
+def test_cifar_labels_that_are_not_integers_are_refused(cifar10_root, labels):
+    path = cifar10_root / "cifar-10-batches-py" / "data_batch_1"
+    entry = pickle.loads(path.read_bytes(), encoding="bytes")
+    entry[b"labels"] = labels
+    _dump(entry, path)
+    with pytest.raises(ValueError, match=r"data_batch_1, entry 'labels': expected a 1-D array of integer"):
+        load_cifar("cifar10", cifar10_root, train=True)
+
+
+def test_cifar_whole_float_labels_are_read(cifar10_root):
+    path = cifar10_root / "cifar-10-batches-py" / "test_batch"
+    entry = pickle.loads(path.read_bytes(), encoding="bytes")
+    expected = list(entry[b"labels"])
+    entry[b"labels"] = np.asarray(expected, dtype=np.float64)
+    _dump(entry, path)
+    _, y = load_cifar("cifar10", cifar10_root, train=False)
+    assert y.dtype == np.int64 and y.tolist() == expected
+
+
+def test_cifar_batch_written_at_pickle_protocol_5_loads(cifar10_root):
+    path = cifar10_root / "cifar-10-batches-py" / "test_batch"
+    entry = pickle.loads(path.read_bytes(), encoding="bytes")
+    path.write_bytes(pickle.dumps(entry, protocol=5))  # numpy writes arrays through _frombuffer
+    X, y = load_cifar("cifar10", cifar10_root, train=False)
+    assert X.shape == (30, 32, 32, 3) and y.tolist() == list(entry[b"labels"])
+
+
+def test_cifar_meta_file_with_the_wrong_number_of_names_is_refused(cifar10_root):
+    _dump({b"label_names": [b"cat", b"dog", b"bird"]}, cifar10_root / "cifar-10-batches-py" / "batches.meta")
+    with pytest.raises(ValueError, match=r"batches.meta: 3 class names under 'label_names', but CIFAR-10 has 10"):
+        make_cifar_benchmark("cifar10", cifar10_root, corruption="uniform", meta_size=10, random_state=0)
+
+
+def test_cifar_files_linked_from_outside_the_root_are_refused(tmp_path):
+    write_cifar10(tmp_path / "elsewhere")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "cifar-10-batches-py").symlink_to(tmp_path / "elsewhere" / "cifar-10-batches-py")
+    with pytest.raises(ValueError, match=r"outside the data root .*pass the folder the files really are in as root"):
+        load_cifar("cifar10", root, train=False)
+    X, _ = load_cifar("cifar10", tmp_path / "elsewhere", train=False)  # the fix the message names
+    assert len(X) == 30
+    # a link inside the root stays allowed
+    (root / "cifar-10-batches-py").unlink()
+    write_cifar10(root / "real")
+    (root / "cifar-10-batches-py").symlink_to(root / "real" / "cifar-10-batches-py")
+    assert len(load_cifar("cifar10", root, train=False)[0]) == 30
+
+
+@pytest.mark.parametrize("bad", [10, -1, 255])
+def test_cifar_n_labels_outside_the_classes_are_refused(tmp_path, bad):
+    d = write_cifar10n(tmp_path / "CIFAR-10_human.pt", np.arange(100) % 10)
+    d["worse_label"][3] = bad
+    torch.save(d, tmp_path / "CIFAR-10_human.pt")
+    with pytest.raises(ValueError, match=rf"entry 'worse_label': 1 labels are outside \[0, 9\] \(the first is {bad} "):
+        load_cifar_n(tmp_path / "CIFAR-10_human.pt", "cifar10")
+
+
+def test_cifar100n_coarse_labels_have_20_classes_and_are_refused_by_the_benchmark(cifar100_root, tmp_path):
+    fine = np.arange(200) % 100
+    d = {"clean_label": fine, "noisy_label": fine.copy(), "clean_coarse_label": fine // 5,
+         "noisy_coarse_label": fine // 5}
+    torch.save(d, tmp_path / "CIFAR-100_human.pt")
+    assert load_cifar_n(tmp_path / "CIFAR-100_human.pt", "cifar100", label_key="noisy_coarse_label").max() == 19
+    with pytest.raises(ValueError, match=r"label_key='noisy_coarse_label' holds CIFAR-100N's 20 superclass"):
+        make_cifar_benchmark("cifar100", cifar100_root, corruption="human", meta_size=100, random_state=0,
+                             cifar_n_path=tmp_path / "CIFAR-100_human.pt", label_key="noisy_coarse_label")
+
+
+def test_clothing1m_item_file_does_not_depend_on_reading_order(tmp_path):
+    (tmp_path / "images" / "1").mkdir(parents=True)
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "images" / "1" / "x.png")  # item 1's own file
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "images" / "x.png")  # an unrelated flat file
+    Image.new("RGB", (4, 4), (0, 255, 0)).save(tmp_path / "images" / "y.png")  # item 0, only flat
+    (tmp_path / "noisy_label_kv.txt").write_text("images/0/y.png 0\nimages/1/x.png 1\n")
+    (tmp_path / "noisy_train_key_list.txt").write_text("images/0/y.png\nimages/1/x.png\n")
+    alone = Clothing1M(tmp_path, transform=None).image_path(1)
+    after = Clothing1M(tmp_path, transform=None)
+    assert after.image_path(0) == tmp_path / "images" / "y.png"
+    assert after.image_path(1) == alone == tmp_path / "images" / "1" / "x.png"
+
+
+def test_clothing1m_images_linked_from_outside_the_root_are_refused(tmp_path):
+    info = write_clothing1m(tmp_path / "real", "official")
+    root = tmp_path / "root"
+    root.mkdir()
+    for f in (tmp_path / "real").glob("*.txt"):
+        (root / f.name).write_text(f.read_text())
+    (root / "images").symlink_to(tmp_path / "real" / "images")
+    ds = Clothing1M(root, transform=None)
+    with pytest.raises(ValueError, match=r"outside the data root .*pass image_root="):
+        ds[0]
+    ds = Clothing1M(root, transform=None, image_root=tmp_path / "real")  # the fix the message names
+    assert ds[0][1] == info["noisy"][info["lists"]["noisy_train"][0]]
+    (root / "noisy_label_kv.txt").unlink()
+    (root / "noisy_label_kv.txt").symlink_to(tmp_path / "real" / "noisy_label_kv.txt")
+    with pytest.raises(ValueError, match=r"noisy_label_kv.txt resolves to .*outside the data root"):
+        Clothing1M(root, transform=None)

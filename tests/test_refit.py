@@ -380,3 +380,11 @@ def test_relative_weights_within_each_label():
     assert np.isnan(within[6]) and within[7] == 0.0  # NaN stays NaN; a class all at 0 stays 0
     with pytest.raises(ValueError, match="every row weight 0"):
         relative_weights(np.zeros(3), labels=[0, 1, 1])
+
+
+def test_float_meta_rows_next_to_an_integer_X_are_not_truncated():
+    from mwnet_sk.refit import _append_rows
+
+    X = np.array([[1, 2], [3, 4]])
+    rows = _append_rows(X, np.array([[0.5, 7.25]]))
+    assert rows.dtype.kind == "f" and rows[-1].tolist() == [0.5, 7.25]

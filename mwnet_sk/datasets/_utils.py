@@ -6,6 +6,7 @@ import codecs
 import io
 import os
 import pickle
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -24,6 +25,12 @@ _NUMPY_GLOBALS: dict[tuple[str, str], Any] = {}
 for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _NUMPY_GLOBALS[(_mod, "_reconstruct")] = _np_multiarray._reconstruct
     _NUMPY_GLOBALS[(_mod, "scalar")] = _np_multiarray.scalar
+# numpy pickles arrays at protocol 5 as numeric._frombuffer(buffer, dtype, shape, order): it only
+# wraps bytes (numpy refuses object dtypes from a buffer), so it runs no code.
+_np_numeric = getattr(np, "_core", None)
+_np_numeric = _np_numeric.numeric if _np_numeric is not None else np.core.numeric
+for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
+    _NUMPY_GLOBALS[(_mod, "_frombuffer")] = _np_numeric._frombuffer
 _NUMPY_GLOBALS[("numpy", "ndarray")] = np.ndarray
 _NUMPY_GLOBALS[("numpy", "dtype")] = np.dtype
 
@@ -106,6 +113,47 @@ def torch_load_numpy(path: PathLike) -> Any:
                 f"{path}: not a readable torch file, truncated or damaged ({type(err).__name__}: "
                 f"{' '.join(str(err).split())[:300]})."
             ) from err
+
+
+def inside_root(path: PathLike, root: PathLike, fix: str) -> Path:
+    """``path``, after checking that it resolves (symbolic links followed) to a place inside
+    ``root`` (resolved too): a loader never reads outside the folder it was given.
+
+    ``fix`` ends the error message: what to pass instead (e.g. ``"pass image_root=..."``).
+    """
+    path = Path(path)
+    real, real_root = path.resolve(), Path(root).expanduser().resolve()
+    if real != real_root and real_root not in real.parents:
+        raise ValueError(
+            f"{path} resolves to {real}, outside the data root {real_root} (through a symbolic "
+            f"link): loaders read only below their root; {fix}."
+        )
+    return path
+
+
+def integer_labels(value: Any, where: str, n_classes: int | None = None) -> np.ndarray:
+    """``value`` as a 1-D int64 array, refusing what would silently change: floats with a
+    fraction, booleans, strings, and (with ``n_classes``) labels outside ``[0, n_classes)``.
+    ``where`` names the file and entry in the message."""
+    if isinstance(value, torch.Tensor):
+        value = value.numpy()
+    arr = np.asarray(value)
+    whole_floats = arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.round(arr)))
+    if arr.ndim != 1 or not (arr.dtype.kind in "iu" or whole_floats):
+        raise ValueError(
+            f"{where}: expected a 1-D array of integer class labels, got dtype {arr.dtype} with shape "
+            f"{arr.shape}; is this the official file?"
+        )
+    labels = arr.astype(np.int64)
+    if n_classes is not None:
+        outside = np.flatnonzero((labels < 0) | (labels >= n_classes))
+        if outside.size:
+            first = int(outside[0])
+            raise ValueError(
+                f"{where}: {outside.size} labels are outside [0, {n_classes - 1}] (the first is "
+                f"{int(labels[first])} at position {first}); is this the file of the right data set?"
+            )
+    return labels
 
 
 def decode_keys(d: dict) -> dict:

@@ -21,7 +21,7 @@ from torchvision import transforms as T
 
 from ..noise import NOISE_TYPES, make_long_tailed, make_noisy_labels, meta_mask
 from ._catalog import NORMALIZATION, dataset_key
-from ._utils import ImageArrayDataset, decode_keys, safe_pickle_load, to_str
+from ._utils import ImageArrayDataset, decode_keys, inside_root, integer_labels, safe_pickle_load, to_str
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -96,6 +96,9 @@ _SPECS = {
 }
 
 
+_LINK_FIX = "pass the folder the files really are in as root"
+
+
 def _spec(name: str) -> _Spec:
     return _SPECS[dataset_key(name, _SPECS, "CIFAR data set")]
 
@@ -140,25 +143,15 @@ def _read_batch(path: Path, label_key: str, n_classes: int) -> tuple[np.ndarray,
                 "is this an official CIFAR python batch?"
             )
     data = np.asarray(entry["data"])
-    try:
-        labels = np.asarray(entry[label_key], dtype=np.int64)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise ValueError(f"{path}: the labels under {label_key!r} are not integers ({err}).") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(
             f"{path}: 'data' must be a uint8 array of shape (N, 3072), "
             f"got {data.dtype} {data.shape}."
         )
+    labels = integer_labels(entry[label_key], f"{path}, entry {label_key!r}", n_classes)
     if labels.shape != (data.shape[0],):
         raise ValueError(
             f"{path}: {data.shape[0]} images but {labels.size} labels under {label_key!r}."
-        )
-    outside = np.flatnonzero((labels < 0) | (labels >= n_classes))
-    if outside.size:
-        first = int(outside[0])
-        raise ValueError(
-            f"{path}: {outside.size} labels under {label_key!r} are outside [0, {n_classes - 1}] "
-            f"(the first: {int(labels[first])} for image {first})."
         )
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
@@ -215,7 +208,7 @@ def load_cifar(
     for f in files:
         if not (base / f).is_file():
             raise _missing(spec, base / f, root)
-    parts = [_read_batch(base / f, spec.label_key, spec.n_classes) for f in files]
+    parts = [_read_batch(inside_root(base / f, root, _LINK_FIX), spec.label_key, spec.n_classes) for f in files]
     X = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     y = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
     return X, y
@@ -225,12 +218,18 @@ def _class_names(spec: _Spec, root: Any) -> list[str] | None:
     """Class names from the meta file; CIFAR-10's are built in when it is absent."""
     path = _base_folder(spec, root) / spec.meta_file
     if path.is_file():
-        meta = safe_pickle_load(path)
+        meta = safe_pickle_load(inside_root(path, root, _LINK_FIX))
         if not isinstance(meta, dict):
             raise ValueError(f"{path}: expected a pickled dict, got {type(meta).__name__}.")
         meta = decode_keys(meta)
         if spec.names_key in meta:
-            return [to_str(n) for n in meta[spec.names_key]]
+            names = [to_str(n) for n in meta[spec.names_key]]
+            if len(names) != spec.n_classes:
+                raise ValueError(
+                    f"{path}: {len(names)} class names under {spec.names_key!r}, but {spec.title} has "
+                    f"{spec.n_classes} classes; is this the meta file of the right data set?"
+                )
+            return names
     return list(CIFAR10_CLASSES) if spec.n_classes == 10 else None
 
 
@@ -438,7 +437,8 @@ def make_cifar_benchmark(
         or a directory containing it.
     label_key : str or None
         For ``corruption="human"``: which CIFAR-N labels to use (default ``"worse_label"``
-        for CIFAR-10N, ``"noisy_label"`` for CIFAR-100N).
+        for CIFAR-10N, ``"noisy_label"`` for CIFAR-100N). The benchmark is over the fine
+        labels, so CIFAR-100N's coarse keys are refused.
 
     Returns
     -------
@@ -514,6 +514,11 @@ def make_cifar_benchmark(
         from .cifar_n import DEFAULT_LABEL_KEY, load_cifar_n
 
         label_key = label_key or DEFAULT_LABEL_KEY[key]
+        if "coarse" in label_key:
+            raise ValueError(
+                f"label_key={label_key!r} holds CIFAR-100N's 20 superclass labels, but the benchmark's meta and "
+                "test labels are the 100 fine classes; use label_key='noisy_label' (or 'clean_label')."
+            )
         if cifar_n_path is None:
             raise ValueError("corruption='human' needs cifar_n_path (the CIFAR-N .pt file).")
         noisy_all, clean_all = load_cifar_n(

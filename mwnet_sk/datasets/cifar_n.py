@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ._catalog import dataset_key
-from ._utils import decode_keys, torch_load_numpy
+from ._utils import decode_keys, integer_labels, torch_load_numpy
 
 __all__ = ["CIFAR10N_KEYS", "CIFAR100N_KEYS", "DEFAULT_LABEL_KEY", "load_cifar_n"]
 
@@ -65,16 +64,15 @@ def _resolve(path: str | os.PathLike, key: str) -> Path:
     raise FileNotFoundError(f"CIFAR-N file not found: {path}. Get {fname} from {CIFAR_N_URL}.")
 
 
-def _as_labels(value: Any, key: str, path: Path) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.numpy()
-    arr = np.asarray(value)
-    if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise ValueError(
-            f"{path}: entry {key!r} is not a 1-D integer label array "
-            f"(dtype {arr.dtype}, shape {arr.shape})."
-        )
-    return arr.astype(np.int64)
+def _n_classes(dataset: str, label_key: str) -> int:
+    """Classes of a label set: CIFAR-100N's coarse keys hold the 20 superclasses."""
+    if dataset == "cifar10":
+        return 10
+    return 20 if "coarse" in label_key else 100
+
+
+def _as_labels(value: Any, key: str, path: Path, n_classes: int) -> np.ndarray:
+    return integer_labels(value, f"{path}, entry {key!r}", n_classes)
 
 
 def load_cifar_n(
@@ -147,12 +145,12 @@ def load_cifar_n(
         raise ValueError(
             f"{file}: unknown label_key {label_key!r}; available keys: {sorted(obj)}."
         )
-    labels = _as_labels(obj[label_key], label_key, file)
+    labels = _as_labels(obj[label_key], label_key, file, _n_classes(key, label_key))
     if not return_clean:
         return labels
     if "clean_label" not in obj:
         raise ValueError(f"{file}: no 'clean_label' entry; available keys: {sorted(obj)}.")
-    clean = _as_labels(obj["clean_label"], "clean_label", file)
+    clean = _as_labels(obj["clean_label"], "clean_label", file, _n_classes(key, "clean_label"))
     if clean.shape != labels.shape:
         raise ValueError(
             f"{file}: {label_key!r} has {labels.shape[0]} labels but 'clean_label' has "

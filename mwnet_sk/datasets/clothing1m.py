@@ -22,6 +22,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from ._catalog import NORMALIZATION
+from ._utils import inside_root
 
 __all__ = [
     "CLOTHING1M_CLASSES",
@@ -114,7 +115,7 @@ def _require(root: Path, fname: str) -> Path:
             "(noisy_label_kv.txt, clean_label_kv.txt, *_key_list.txt, category_names_eng.txt) "
             "must be directly in root."
         )
-    return path
+    return inside_root(path, root, "pass the folder the annotation files really are in as root")
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -201,6 +202,7 @@ def _read_class_names(root: Path) -> list[str]:
     path = root / _CATEGORY_FILE
     if not path.is_file():
         return list(CLOTHING1M_CLASSES)
+    inside_root(path, root, "pass the folder the annotation files really are in as root")
     names = [line.strip() for _, line in _lines(path) if line.strip()]
     if len(names) != N_CLASSES:
         raise ValueError(f"{path}: expected {N_CLASSES} class names, found {len(names)}.")
@@ -253,8 +255,9 @@ class Clothing1M(torch.utils.data.Dataset):
     FileNotFoundError
         Missing annotation file (named), or, when an item is read, an image found nowhere.
     ValueError
-        Malformed or non-UTF-8 line, an image path that leaves the data root (absolute, or
-        with ``..``), or a listed key without a label; the message names the file and line.
+        Malformed or non-UTF-8 line, an image path that leaves the data root (absolute, with
+        ``..``, or through a symbolic link), or a listed key without a label; the message
+        names the file and line.
 
     Examples
     --------
@@ -301,7 +304,6 @@ class Clothing1M(torch.utils.data.Dataset):
         keys, self.targets = _read_key_list(key_path, labels, label_path)
         del labels
         self._keys = np.array([k.encode("utf-8") for k in keys], dtype=np.bytes_)
-        self._layout = 0  # index of the path pattern that worked last
 
     def __len__(self) -> int:
         return int(self._keys.shape[0])
@@ -311,29 +313,24 @@ class Clothing1M(torch.utils.data.Dataset):
         """Image keys of the split (without a leading ``images/``)."""
         return [k.decode("utf-8") for k in self._keys.tolist()]
 
-    def _candidates(self, key: str) -> list[Path]:
+    def _candidates(self, key: str) -> list[tuple[Path, Path]]:
+        """(base, path) pairs in the order they are tried: the exact layouts of every base
+        before any flattened one, so an item's file never depends on which items were read
+        before it."""
         name = key.rsplit("/", 1)[-1]
         bases = [self.image_root, self.root] if self.image_root is not None else [self.root]
-        out = []
-        for base in bases:
-            out += [
-                base / "images" / key,
-                base / key,
-                base / "images" / name,
-                base / name,
-            ]
-        return out
+        exact = [(base, base / "images" / key) for base in bases] + [(base, base / key) for base in bases]
+        flat = [(base, base / "images" / name) for base in bases] + [(base, base / name) for base in bases]
+        return exact + flat
 
     def image_path(self, index: int) -> Path:
         """Resolve the file of item ``index`` (see Notes of the class)."""
         key = self._keys[index].decode("utf-8")
         candidates = self._candidates(key)
-        order = [self._layout] + [i for i in range(len(candidates)) if i != self._layout]
-        for i in order:
-            if candidates[i].is_file():
-                self._layout = i
-                return candidates[i]
-        tried = ", ".join(str(c) for c in candidates)
+        for base, path in candidates:
+            if path.is_file():
+                return inside_root(path, base, "pass image_root=<the folder the images really are in>")
+        tried = ", ".join(str(path) for _, path in candidates)
         raise FileNotFoundError(f"Clothing1M image {key!r} not found; tried {tried}.")
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
