@@ -404,9 +404,15 @@ def make_long_tailed(
     n_max = int(counts.max())
     mu = 1.0 / float(imbalance_factor)
     rng = check_random_state(random_state)
+    targets = [n_max if K == 1 else int(n_max * mu ** (i / (K - 1))) for i in range(K)]
+    if min(targets) == 0:
+        empty = [order[i].item() if hasattr(order[i], "item") else order[i] for i in range(K) if targets[i] == 0]
+        raise ValueError(
+            f"imbalance_factor={imbalance_factor!r} with at most {n_max} rows per class leaves no row of class(es) "
+            f"{empty}; use imbalance_factor <= {n_max} or more rows per class."
+        )
     keep = []
-    for i in range(K):
-        target = n_max if K == 1 else int(n_max * mu ** (i / (K - 1)))
+    for i, target in enumerate(targets):
         members = np.flatnonzero(idx == i)
         keep.append(rng.permutation(members)[: min(target, members.size)])
     indices = np.sort(np.concatenate(keep)).astype(np.int64)

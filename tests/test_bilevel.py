@@ -164,6 +164,30 @@ class ScaledHead(DropoutBNNet):
         return 2.0 * super().forward(x)
 
 
+class FunctionalDropoutNet(DropoutBNNet):
+    """Dropout drawn inside forward (F.dropout), with no nn.Dropout module to detect."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Identity()
+
+    def forward(self, x):
+        return self.fc(F.dropout(torch.relu(self.bn(self.conv(x))), 0.3, self.training).flatten(1))
+
+
+class _DropoutLinear(nn.Linear):
+    def forward(self, x):
+        return super().forward(F.dropout(x, 0.3, self.training))
+
+
+class DropoutInHead(DropoutBNNet):
+    """The head draws its own dropout mask: the head shortcut must replay it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = _DropoutLinear(4 * 5 * 5, 4)
+
+
 def _run_step(net_cls, meta_gradient, meta_params="all", normalize=False, seed=0, detach=True):
     torch.manual_seed(seed)
     model = net_cls().double()
@@ -187,7 +211,7 @@ def _run_step(net_cls, meta_gradient, meta_params="all", normalize=False, seed=0
     return model, wnet, result
 
 
-@pytest.mark.parametrize("net_cls", [DropoutBNNet, ScaledHead])
+@pytest.mark.parametrize("net_cls", [DropoutBNNet, ScaledHead, FunctionalDropoutNet, DropoutInHead])
 @pytest.mark.parametrize("meta_params", ["all", "last", ["conv.weight", "fc.bias"]])
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("detach", [True, False])
@@ -218,11 +242,84 @@ def test_head_shortcut_is_taken_only_when_the_head_is_the_output():
         assert (forward.head_input is not None) is (cls is DropoutBNNet)
 
 
-def test_finite_difference_mode_close_to_exact():
-    _, w_fd, _ = _run_step(DropoutBNNet, "finite_difference")
-    _, w_exact, _ = _run_step(DropoutBNNet, "exact")
+@pytest.mark.parametrize("net_cls", [DropoutBNNet, FunctionalDropoutNet, DropoutInHead])
+@pytest.mark.parametrize("meta_params", ["all", "last"])
+def test_finite_difference_mode_close_to_exact(net_cls, meta_params):
+    _, w_fd, _ = _run_step(net_cls, "finite_difference", meta_params)
+    _, w_exact, _ = _run_step(net_cls, "exact", meta_params)
     for a, b in zip(w_fd.parameters(), w_exact.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("meta_gradient", ["exact", "finite_difference", "unrolled"])
+def test_head_alone_forwards_leave_the_heads_running_stats_alone(meta_gradient):
+    """A head with buffers (BatchNorm on the logits) taking the head shortcut."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3), nn.BatchNorm1d(3)).double()
+    reference = copy.deepcopy(model)
+    wnet = WeightNet(8).double()
+    step = BilevelStep(model, wnet, per_sample_ce, torch.optim.SGD(model.parameters(), lr=0.5),
+                       torch.optim.SGD(wnet.parameters(), lr=1.0), meta_gradient=meta_gradient, meta_params="last")
+    assert step.head_name == "3" or meta_gradient == "unrolled"
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    step.step(x, y, torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,)))
+    reference.train()
+    reference(x)  # one plain forward of the train batch
+    torch.testing.assert_close(model[3].running_mean, reference[3].running_mean)
+    torch.testing.assert_close(model[3].running_var, reference[3].running_var)
+    assert model[3].num_batches_tracked.item() == 1
+
+
+def _weight_net_after_one_step(model, meta_gradient, **kwargs):
+    torch.manual_seed(0)
+    wnet = WeightNet(8).double()
+    if kwargs.pop("saturated", False):
+        with torch.no_grad():
+            wnet.output.bias.fill_(-25.0)  # every weight about 1e-11: the batch sum is tiny, not 0
+    model = copy.deepcopy(model)
+    step = BilevelStep(model, wnet, per_sample_ce, torch.optim.SGD(model.parameters(), lr=0.5),
+                       torch.optim.SGD(wnet.parameters(), lr=1.0), meta_gradient=meta_gradient, **kwargs)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 10, (8, 4), generator=g), torch.randint(0, 10, (8,), generator=g)
+    xm, ym = torch.randint(0, 10, (6, 4), generator=g), torch.randint(0, 10, (6,), generator=g)
+    step.step(x, y, xm, ym)
+    return [p.detach().clone() for p in wnet.parameters()]
+
+
+class TiedOutput(nn.Module):
+    """An output layer sharing the embedding's weight (weight tying)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.mid = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 10)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.mid(self.emb(x).mean(1))))
+
+
+def test_meta_params_last_with_tied_weights_uses_the_canonical_names():
+    torch.manual_seed(0)
+    model = TiedOutput().double()
+    assert select_parameter_names(model, "last") == ["emb.weight", "out.bias"]
+    reference = _weight_net_after_one_step(model, "unrolled", meta_params="last")
+    for mode in ("exact", "finite_difference"):
+        for a, b in zip(_weight_net_after_one_step(model, mode, meta_params="last"), reference):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_normalised_weights_of_a_saturated_weight_net_are_normalised_not_clamped(detach):
+    """Batch sum about 1e-10: every path divides by it (the authors' rule), so they agree."""
+    torch.manual_seed(0)
+    model = TiedOutput().double()
+    kwargs = dict(normalize_weights=True, detach_weight_input=detach, saturated=True)
+    reference = _weight_net_after_one_step(model, "unrolled", **kwargs)
+    exact = _weight_net_after_one_step(model, "exact", **kwargs)
+    for a, b in zip(exact, reference):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-8)
 
 
 @pytest.mark.parametrize("normalize,detach", [(False, True), (True, True), (True, False), (False, False)])

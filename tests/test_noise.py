@@ -414,3 +414,11 @@ def test_meta_split_errors():
         meta_mask(y, n_meta_per_class=0)
     with pytest.raises(ValueError, match="inconsistent"):
         train_meta_split(np.zeros(3), y, n_meta_per_class=1)
+
+
+def test_long_tail_that_would_empty_a_class_is_refused():
+    y = np.repeat(np.arange(3), 50)
+    with pytest.raises(ValueError, match=r"imbalance_factor=100 with at most 50 rows per class leaves no row of "
+                                         r"class\(es\) \[2\]; use imbalance_factor <= 50"):
+        make_long_tailed(None, y, imbalance_factor=100)
+    assert np.bincount(make_long_tailed(None, y, imbalance_factor=50)[1]).tolist() == [50, 7, 1]

@@ -27,12 +27,10 @@ def select_parameter_names(module: nn.Module, meta_params) -> list[str]:
         for mod_name, mod in module.named_modules():
             if any(p.requires_grad for p in mod.parameters(recurse=False)):
                 owner = mod_name
-        prefix = f"{owner}." if owner else ""
-        return [
-            prefix + n
-            for n, p in module.get_submodule(owner).named_parameters(recurse=False)
-            if p.requires_grad
-        ]
+        # a tied parameter (e.g. an output layer sharing the embedding's weight) is listed by
+        # named_parameters() once, under its first name: use that name
+        canonical = {id(p): n for n, p in module.named_parameters()}
+        return [canonical[id(p)] for p in module.get_submodule(owner).parameters(recurse=False) if p.requires_grad]
     if isinstance(meta_params, str):
         raise ValueError(f"meta_params must be 'all', 'last' or a list of parameter names, got {meta_params!r}")
     names = list(meta_params)

@@ -34,8 +34,11 @@ BatchNorm: only the forward of the train batch at w runs on the module itself an
 running statistics; every other forward (meta batch at ŵ, JVP, finite differences) runs
 through :func:`torch.func.functional_call` on copies of the buffers, in train mode (batch
 statistics, like the paper's code), so the real running statistics after a step are exactly
-those one forward of the train batch produces. Dropout masks of the train batch are replayed
-for the JVP by restoring the RNG state, so the exact path equals the unrolled one.
+those one forward of the train batch produces. The random draws of the train forward (dropout,
+as a module or as ``F.dropout`` inside ``forward``, stochastic depth, any layer that draws from
+torch's generator) are replayed for the JVP and the finite differences by restoring the RNG
+state recorded before it (before the head's own forward for the head shortcut), so the exact
+path equals the unrolled one.
 
 Non-finite values: every loss, weight and gradient is checked before it is applied. A step
 that meets one raises :class:`NonFiniteError` and leaves no trace: the classifier, its
@@ -65,7 +68,7 @@ from torch.autograd import forward_ad as fwAD
 from torch.func import functional_call
 
 from ._fast_jvp import _FastJvp, _PrimalRecorder
-from ._params import find_head, has_dropout, parameter_groups, select_parameter_names
+from ._params import find_head, parameter_groups, select_parameter_names
 
 __all__ = [
     "BilevelStep",
@@ -99,10 +102,18 @@ class NonFiniteError(FloatingPointError):
         super().__init__(message or f"non-finite {stage}")
 
 
+def batch_total(total: torch.Tensor) -> torch.Tensor:
+    """The divisor of the batch-sum normalisation: the sum itself, or 1 when it is 0 (every
+    weight 0), as the authors' code does. Not a clamp at a small value: that would shrink the
+    step of a nearly saturated weight net instead of normalising it, and would cut the sum's
+    gradient in the unrolled reference but not in the exact surrogate."""
+    return torch.where(total > 0, total, torch.ones_like(total))
+
+
 def weighted_loss(weights: torch.Tensor, losses: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """R(v, l): the batch mean of v·l (Eq. 1), or sum(v·l)/sum(v) when ``normalize``."""
     if normalize:
-        return (weights * losses).sum() / weights.sum().clamp_min(1e-8)
+        return (weights * losses).sum() / batch_total(weights.sum())
     return (weights * losses).mean()
 
 
@@ -128,9 +139,12 @@ class TrainForward:
     logits, losses : torch.Tensor
         The train batch's logits and per-sample losses, with their autograd graph.
     rng_state : dict or None
-        The RNG state before the forward (to replay dropout masks), None without dropout.
+        The RNG state before the forward (to replay its random draws, e.g. dropout masks);
+        None when the forward was not recorded for a meta-gradient.
     head_input : torch.Tensor or None
         The head's (detached) input when the head shortcut applies.
+    head_rng_state : dict or None
+        The RNG state just before the head's forward (the head shortcut replays from there).
     primals : list or None
         Convolution / pool outputs recorded for the fast JVP.
     """
@@ -140,6 +154,7 @@ class TrainForward:
     rng_state: dict | None = None
     head_input: torch.Tensor | None = None
     primals: list | None = None
+    head_rng_state: dict | None = None
 
 
 @dataclass
@@ -248,7 +263,6 @@ class BilevelStep:
         self.frozen_names = [n for n in named if n not in virtual]
         self._frozen_params = [named[n] for n in self.frozen_names]
         self._group_of = parameter_groups(optimizer, self.virtual_names, self.virtual_params)
-        self.has_dropout = has_dropout(module)
         # Hooks on the real forward (head capture, primal recording) need the eager module.
         eager = forward_module is None
         self.head_name, self.head = find_head(module, self.virtual_names) if eager else (None, None)
@@ -281,8 +295,11 @@ class BilevelStep:
         return {n: p.detach() for n, p in zip(self.frozen_names, self._frozen_params)}
 
     def _head_state(self, params: dict):
-        """Full parameter names of the head -> the head's own (unprefixed) names."""
-        return {k: params[n] for k, n in zip(self._head_keys, self.virtual_names)}
+        """The head's parameters (full names -> its own unprefixed names) and copies of its
+        buffers: the head-alone forwards must not update its running statistics."""
+        state = {n: b.clone() for n, b in self.head.named_buffers()}
+        state.update({k: params[n] for k, n in zip(self._head_keys, self.virtual_names)})
+        return state
 
     def _reduce_sum(self, tensors):
         if self.reducer is not None:
@@ -310,8 +327,9 @@ class BilevelStep:
         return out.reshape(-1).to(losses.dtype)
 
     def _rng_state(self, device):
-        if not self.has_dropout:
-            return None
+        # Always recorded: a random draw need not come from an nn.Dropout module (F.dropout in
+        # forward, stochastic depth), and a replay that misses one gives a wrong gradient
+        # without any error. The state is a few kilobytes.
         state = {"cpu": torch.get_rng_state()}
         if device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(device)
@@ -366,25 +384,27 @@ class BilevelStep:
         fast JVP, the RNG state for replaying dropout.
         """
         device = y.device
-        rng_state = self._rng_state(device)
-        captured = []
-        hook = None
+        rng_state = self._rng_state(device) if record else None
+        captured, head_rng = [], []
+        hooks = []
         if record and self._uses_head_shortcut():
-            hook = self.head.register_forward_hook(
-                lambda _m, inputs, output: captured.append((inputs[0], output)) if len(inputs) == 1 else None
-            )
+            hooks.append(self.head.register_forward_pre_hook(lambda _m, _inputs: head_rng.append(self._rng_state(device))))
+            hooks.append(self.head.register_forward_hook(
+                lambda _m, inputs, output: captured.append((inputs[0], output, head_rng[-1])) if len(inputs) == 1 else None
+            ))
         recorder = _PrimalRecorder() if record and self._records_primals() else None
         try:
             with self._autocast(device), (recorder or contextlib.nullcontext()):
                 logits = self._real_forward(x)
             losses = self._per_sample(logits, y)
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
-        head_input = None
+        head_input = head_rng_state = None
         if captured and captured[-1][1] is logits:  # the head's output is the model's output
-            head_input = captured[-1][0].detach()
-        return TrainForward(logits, losses, rng_state, head_input, None if recorder is None else recorder.records)
+            head_input, head_rng_state = captured[-1][0].detach(), captured[-1][2]
+        return TrainForward(logits, losses, rng_state, head_input, None if recorder is None else recorder.records,
+                            head_rng_state)
 
     # ------------------------------------------------------------------ the meta-gradient
     def _surrogate(self, losses, y, similarity):
@@ -414,7 +434,7 @@ class BilevelStep:
             return coefficients, (s * A).sum() / count
         totals = torch.stack([P.detach(), S.detach()])
         self._reduce_sum([totals])
-        P_all, S_all = totals[0], totals[1].clamp_min(1e-8)
+        P_all, S_all = totals[0], batch_total(totals[1])
         if B is None:  # S does not depend on the losses: the P and Q_B terms vanish
             coefficients = (A / S_all).detach()
             s = similarity(coefficients)
@@ -507,6 +527,7 @@ class BilevelStep:
             duals = {n: fwAD.make_dual(p.detach(), tangents[n]) for n, p in zip(self.virtual_names, self.virtual_params)}
             if forward.head_input is not None:
                 # The head's output is the model's output: differentiate the head alone.
+                self._set_rng_state(forward.head_rng_state, device)
                 with self._autocast(device):
                     out = functional_call(self.head, self._head_state(duals), (forward.head_input,))
             else:
@@ -525,16 +546,16 @@ class BilevelStep:
         norm = torch.sqrt(sum((t.float() ** 2).sum() for t in tangents.values()))
         params = torch.sqrt(sum((p.detach().float() ** 2).sum() for p in self.virtual_params))
         eps = self.fd_epsilon * (params.clamp_min(1.0) / norm.clamp_min(1e-12))
-        rng = self._rng_state(device)
         outs = []
         with torch.no_grad():
             for sign in (1.0, -1.0):
                 shifted = {n: p.detach() + sign * eps * tangents[n] for n, p in zip(self.virtual_names, self.virtual_params)}
                 with self._autocast(device):
                     if forward.head_input is not None:  # only the head moves: forward the head alone
+                        self._set_rng_state(forward.head_rng_state, device)
                         out = functional_call(self.head, self._head_state(shifted), (forward.head_input,))
                     else:
-                        self._set_rng_state(rng, device)
+                        self._set_rng_state(forward.rng_state, device)
                         out = call_module(self.module, x, {**self._frozen(), **shifted, **self._buffer_copies()})
                 outs.append(self._per_sample(out, y))
         return (outs[0] - outs[1]) / (2 * eps)
@@ -644,7 +665,7 @@ class BilevelStep:
         with torch.no_grad():
             if self.normalize_weights:
                 (total,) = self._reduce_sum([weights.sum().reshape(1)])
-                coefficients = weights / total.clamp_min(1e-8)
+                coefficients = weights / batch_total(total)
             else:
                 (count,) = self._reduce_sum([torch.tensor([float(len(weights))], device=weights.device)])
                 coefficients = weights / count
