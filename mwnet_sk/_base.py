@@ -8,7 +8,9 @@ feature names), the training state, what callbacks see, prediction, and persiste
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import random
 import warnings
 from collections.abc import Mapping
 
@@ -32,6 +34,7 @@ from ._data import (
     INPUT_KEY,
     ArrayDataset,
     BatchIterator,
+    EpochSeededDataLoader,
     MergedBatchSampler,
     _as_model_dtype,
     _feature_names,
@@ -157,6 +160,21 @@ class MetaSetClassifier(NeuralNetClassifier):
         self.seed_ = seed
         super().initialize()
         return self
+
+    def _yield_callbacks(self):
+        """skorch's order (PrintLog last), with checkpoints just before the PrintLogs: a unit saved
+        at an epoch's end then holds what every other callback recorded for that epoch (a
+        scoring callback listed after the checkpoint included), so a resumed run equals the
+        uninterrupted one whatever the order of the list."""
+        others, checkpoints, print_logs = [], [], []
+        for name, cb, named_by_user in super()._yield_callbacks():
+            if getattr(cb, "_saves_training_state", False):
+                checkpoints.append((name, cb, named_by_user))
+            elif isinstance(cb, PrintLog) or cb is PrintLog:
+                print_logs.append((name, cb, named_by_user))
+            else:
+                others.append((name, cb, named_by_user))
+        yield from others + checkpoints + print_logs
 
     def initialize_callbacks(self):
         super().initialize_callbacks()
@@ -355,18 +373,19 @@ class MetaSetClassifier(NeuralNetClassifier):
                                  slicer=slicer)
         # One path for every shuffled training DataLoader, in one process and in N, drawing the
         # order from the estimator's generator exactly as BatchIterator does for arrays. The
-        # loader's own draw (its workers' base seed) comes from a generator of its own, seeded by
-        # the run's seed and the epoch: the training generator and the global RNG stay untouched,
-        # and a resumed epoch seeds its workers as the uninterrupted one did. A generator passed
-        # as iterator_train__generator replaces both.
+        # loader's own draw (its workers' base seed) comes from a generator of its own, reseeded
+        # at every epoch from the run's seed and the epoch number: the training generator and the
+        # global RNG stay untouched, and a resumed epoch seeds its workers as the uninterrupted
+        # one did (not with persistent_workers=True, whose workers keep the seed of the fit's
+        # first epoch). A generator passed as iterator_train__generator replaces both.
         if iterator is DataLoader and (min_last > 1 or slicer is not None or generator is not None) \
                 and not {"sampler", "batch_sampler", "drop_last"} & kwargs.keys():
             generator = kwargs.pop("generator", generator)
-            loader_generator = generator
-            if generator is not None and generator is getattr(state, "train_generator", None):
-                loader_generator = torch.Generator().manual_seed(self.seed_ * 31 + len(self.history))
             sampler = MergedBatchSampler(len(dataset), batch_size, shuffle, generator, min_last, slicer)
-            return DataLoader(dataset, batch_sampler=sampler, generator=loader_generator, **kwargs)
+            if generator is not None and generator is getattr(state, "train_generator", None):
+                return EpochSeededDataLoader(dataset, batch_sampler=sampler, generator=torch.Generator(),
+                                             epoch_seed=lambda: self.seed_ * 31 + len(self.history), **kwargs)
+            return DataLoader(dataset, batch_sampler=sampler, generator=generator, **kwargs)
         if reducer is not None:
             raise ValueError("data-parallel training shards batches itself: iterator_train__sampler, "
                              "__batch_sampler and __drop_last are not supported under torchrun")
@@ -467,7 +486,9 @@ class MetaSetClassifier(NeuralNetClassifier):
             multi-input module (``module(**x)``). A Dataset yields ``(x, y)`` pairs; its
             labels are read from ``y``, its ``targets`` attribute, or one pass over it.
         y : array-like of shape (n_samples,) or None
-            Training labels of any kind scikit-learn accepts; None when X is a Dataset.
+            Training labels of any kind scikit-learn accepts; None when X is a Dataset (its
+            own labels are used). Given beside a Dataset X, y replaces the labels the Dataset
+            yields (e.g. noisy labels for a clean image Dataset): the model trains on y.
         meta : tuple, Dataset, or array-like
             The clean, balanced meta set: a pair ``(X_meta, y_meta)``; a torch Dataset of
             ``(x, y)``; or a boolean mask / integer index array over the rows of X (the mask
@@ -671,7 +692,10 @@ class MetaSetClassifier(NeuralNetClassifier):
         if isinstance(data.train, ArrayDataset):
             x, y = data.train.batch(torch.arange(n))
         else:
-            x, y = default_collate([data.train[i] for i in range(n)])
+            # a Dataset may draw random augmentations: this extra read must not move the random
+            # streams (a resumed run would otherwise start its epoch from other states)
+            with _global_rngs_untouched():
+                x, y = default_collate([data.train[i] for i in range(n)])
         x = x[INPUT_KEY]
         module = _plain(self.module_)
         buffers = {k: b.clone() for k, b in module.named_buffers()}
@@ -707,8 +731,12 @@ class MetaSetClassifier(NeuralNetClassifier):
     def _begin_training(self, data):
         state = getattr(self, "training_state_", None)
         if state is None or state.n_samples != data.n_samples or state.n_rows != data.n_rows:
+            # new rows (partial_fit on a chunk of another size): per-row buffers start afresh, but
+            # the step count carries on (meta_interval's phase, n_steps_)
+            steps = state.n_steps if state is not None else 0
             state = TrainingState(data.n_samples, data.n_rows, self.seed_ + 7919 * len(self.history),
                                   record_weights=getattr(self, "record_weights", False))
+            state.n_steps = steps
         self.training_state_ = state
         device = torch.device(self.device)
         if self.data_on_device:
@@ -915,6 +943,9 @@ class MetaSetClassifier(NeuralNetClassifier):
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                # the generators a Dataset's augmentations may draw from in the main process
+                "numpy": _numpy_rng_state(),
+                "python": _python_rng_state(),
             },
         }
 
@@ -938,6 +969,10 @@ class MetaSetClassifier(NeuralNetClassifier):
             torch.set_rng_state(rng["torch"])
             if rng.get("cuda") and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+            if rng.get("numpy") is not None:
+                _set_numpy_rng_state(rng["numpy"])
+            if rng.get("python") is not None:
+                _set_python_rng_state(rng["python"])
         if blob.get("callbacks"):
             # applied once every callback has set itself up (see notify), in this fit or the next
             self.pending_callback_states_ = blob["callbacks"]
@@ -984,3 +1019,38 @@ class MetaSetClassifier(NeuralNetClassifier):
         state = super().__getstate__()
         state.pop("fit_data_", None)
         return state
+
+
+# --------------------------------------------------------------------------- global random streams
+def _numpy_rng_state() -> dict:
+    """numpy's global generator state as plain data (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _set_numpy_rng_state(state: dict) -> None:
+    np.random.set_state((state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"],
+                         state["has_gauss"], state["gauss"]))
+
+
+def _python_rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _set_python_rng_state(state: dict) -> None:
+    random.setstate((state["version"], tuple(state["internal"]), state["gauss"]))
+
+
+@contextlib.contextmanager
+def _global_rngs_untouched():
+    """Run a block without moving torch's (CPU and CUDA), numpy's and Python's global generators."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)

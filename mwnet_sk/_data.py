@@ -183,14 +183,17 @@ class IndexedDataset(Dataset):
     """Wraps a user Dataset of (x, y): yields ({input: x, index: offset + row}, encoded y).
 
     ``offset`` numbers the rows of a second data set after the first one's (a meta Dataset
-    trained on beside X: its row i is sample ``len(X) + i``).
+    trained on beside X: its row i is sample ``len(X) + i``). ``codes`` (encoded labels, one
+    per row of ``dataset``) replace the labels the Dataset yields: the ``y`` passed to ``fit``
+    beside a Dataset X.
     """
 
-    def __init__(self, dataset, rows=None, label_map: dict | None = None, offset: int = 0):
+    def __init__(self, dataset, rows=None, label_map: dict | None = None, offset: int = 0, codes=None):
         self.dataset = dataset
         self.rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
         self.label_map = label_map
         self.offset = int(offset)
+        self.codes = None if codes is None else np.asarray(codes, dtype=np.int64)
 
     def __len__(self):
         return len(self.rows)
@@ -198,6 +201,10 @@ class IndexedDataset(Dataset):
     def __getitem__(self, i):
         row = int(self.rows[i])
         x, y = self.dataset[row]
+        if isinstance(x, np.ndarray):  # collates with tensor items (meta rows trained on beside it)
+            x = torch.from_numpy(x)
+        if self.codes is not None:
+            return {INPUT_KEY: x, INDEX_KEY: self.offset + row}, int(self.codes[row])
         if isinstance(y, torch.Tensor):
             y = y.item()
         if self.label_map is not None:
@@ -304,6 +311,20 @@ class MergedBatchSampler(Sampler):
         for start, stop in merged_batch_bounds(self.n, self.batch_size, self.min_last):
             chunk = order[start:stop]
             yield (chunk if self.slicer is None else self.slicer(chunk)).tolist()
+
+
+class EpochSeededDataLoader(DataLoader):
+    """A DataLoader whose own generator (the draw of its workers' base seed) is reseeded with
+    ``epoch_seed()`` each time an epoch iterates it, so epoch k's workers are seeded the same
+    whether the run got there in one go or resumed from a checkpoint."""
+
+    def __init__(self, *args, epoch_seed, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._epoch_seed = epoch_seed
+
+    def __iter__(self):
+        self.generator.manual_seed(int(self._epoch_seed()))
+        return super().__iter__()
 
 
 class _MetaPositions(Sampler):
@@ -502,6 +523,11 @@ def _is_meta_pair(meta) -> bool:
 
 
 def _meta_rows(meta, n_rows: int) -> np.ndarray:
+    if isinstance(meta, (tuple, list)) and any(np.ndim(m) >= 1 or is_dataset(m) for m in meta):
+        raise ValueError(
+            f"meta must be a pair (X_meta, y_meta), a torch Dataset, or a 1-d mask / index array over the rows of "
+            f"X; got a {type(meta).__name__} of {len(meta)} arrays: pass exactly (X_meta, y_meta)"
+        )
     arr = np.asarray(meta.detach().cpu() if isinstance(meta, torch.Tensor) else meta)
     if arr.ndim != 1:
         raise ValueError(
@@ -518,6 +544,9 @@ def _meta_rows(meta, n_rows: int) -> np.ndarray:
     if arr.size and (arr.min() < 0 or arr.max() >= n_rows):
         raise ValueError(f"meta index array has indices outside [0, {n_rows}) for X with {n_rows} rows")
     if len(np.unique(arr)) != len(arr):
+        if len(arr) == n_rows and np.isin(arr, (0, 1)).all():
+            raise ValueError("meta is an integer array of 0s and 1s over the rows of X, read as row indices (with "
+                             "repeats); for a mask pass booleans: meta=mask.astype(bool)")
         raise ValueError("meta index array contains repeated indices")
     return arr
 
@@ -604,7 +633,8 @@ def prepare_fit_data(X, y, meta, classes=None, *, train_on_meta=False, keep_inte
     def rows_of_X(rows):
         """The rows of X as a dataset: tensor-indexed for arrays, item by item otherwise."""
         if features is None:
-            return IndexedDataset(X, rows=rows, label_map=label_map)
+            # a y given beside a Dataset X is what the model trains on (e.g. noisy labels)
+            return IndexedDataset(X, rows=rows, label_map=label_map, codes=None if y is None else codes)
         return ArrayDataset(_take(features, torch.from_numpy(rows)), torch.from_numpy(codes[rows]), rows=rows,
                             labels=labels[rows])
 
@@ -623,7 +653,12 @@ def prepare_fit_data(X, y, meta, classes=None, *, train_on_meta=False, keep_inte
         X_meta, y_meta = meta
         if is_dataset(X_meta):
             raise TypeError("pass a meta Dataset directly as meta=dataset, not inside a pair")
-        Xm, n_meta, meta_shape, _ = features_of(X_meta, "X_meta", keep_integers=keep_integers)
+        Xm, n_meta, meta_shape, meta_names = features_of(X_meta, "X_meta", keep_integers=keep_integers)
+        if names is not None and meta_names is not None and list(meta_names) != list(names):
+            raise ValueError(
+                f"X_meta's columns {list(meta_names)} are not X's {list(names)} in the same order: the meta rows "
+                "would be read with misaligned features; pass X_meta[X.columns]"
+            )
         ym = check_labels(y_meta, "y_meta")
         if n_meta != len(ym):
             raise ValueError(f"X_meta has {n_meta} samples but y_meta has {len(ym)} labels")

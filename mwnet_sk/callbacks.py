@@ -154,6 +154,10 @@ def _canonical(value):
     if hasattr(value, "get_params"):
         return {"class": f"{type(value).__module__}.{type(value).__qualname__}",
                 "params": _canonical(value.get_params(deep=False))}
+    settings = {k: v for k, v in vars(value).items() if not k.startswith("_")} if hasattr(value, "__dict__") else None
+    if settings and all(v is None or isinstance(v, (bool, int, float, str)) for v in settings.values()):
+        # a small settings object, e.g. skorch's ValidSplit(5): ValidSplit(3) is another run
+        return {"class": f"{type(value).__module__}.{type(value).__qualname__}", "params": _canonical(settings)}
     return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
@@ -338,7 +342,10 @@ class Checkpoint(_SkorchCheckpoint):
         if kind == "training_state":
             blob = net.training_state_dict()
             buffer = io.BytesIO()
-            torch.save(blob, buffer)
+            try:
+                torch.save(blob, buffer)
+            except Exception as exc:  # noqa: BLE001 - e.g. a callback state holding a lambda
+                self._raise_unsafe_state(blob, exc, "cannot be saved (torch.save fails")
             self._check_plain_data(blob, buffer.getvalue())
             return buffer.getvalue()
         if kind == "pickle":
@@ -358,20 +365,25 @@ class Checkpoint(_SkorchCheckpoint):
         does not (e.g. one holding a function)."""
         try:
             torch.load(io.BytesIO(payload), weights_only=True)
-        except Exception as exc:
-            culprits = []
-            for name, state in (blob.get("callbacks") or {}).items():
+        except Exception as exc:  # noqa: BLE001
+            Checkpoint._raise_unsafe_state(blob, exc, "cannot be read back safely (torch.load(weights_only=True) fails")
+
+    @staticmethod
+    def _raise_unsafe_state(blob, exc, what: str):
+        """Raise a CheckpointError naming the callback(s) whose state does not save and load
+        back as plain data."""
+        culprits = []
+        for name, state in (blob.get("callbacks") or {}).items():
+            try:
                 buffer = io.BytesIO()
                 torch.save(state, buffer)
-                try:
-                    torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-                except Exception:  # noqa: BLE001 - any failure names the callback
-                    culprits.append(name)
-            where = f"the state of callback(s) {culprits}" if culprits else "the training state"
-            raise CheckpointError(
-                f"{where} cannot be read back safely (torch.load(weights_only=True) fails: {exc}); give "
-                "the callback a state_dict() of tensors, numbers, strings, lists and dicts"
-            ) from exc
+                torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+            except Exception:  # noqa: BLE001 - any failure names the callback
+                culprits.append(name)
+        where = f"the state of callback(s) {culprits}" if culprits else "the training state"
+        raise CheckpointError(
+            f"{where} {what}: {exc}); give the callback a state_dict() of tensors, numbers, strings, lists and dicts"
+        ) from exc
 
     # ------------------------------------------------------------------ saving
     def _root(self) -> Path:

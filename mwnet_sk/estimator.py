@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import copy
 from numbers import Real
 
@@ -505,9 +507,9 @@ class MetaWeightClassifier(MetaSetClassifier):
 
     def _warmup(self) -> int:
         """Warm-up length in epochs (a float ``warmup_epochs`` is a fraction of ``max_epochs``)."""
-        if isinstance(self.warmup_epochs, float):
-            return int(round(self.warmup_epochs * self.max_epochs))
-        return int(self.warmup_epochs)
+        if isinstance(self.warmup_epochs, numbers.Integral):
+            return int(self.warmup_epochs)
+        return int(round(float(self.warmup_epochs) * self.max_epochs))  # any real, numpy's too
 
     def _step(self, x, y, batch, on_grad_computed):
         state = self.training_state_

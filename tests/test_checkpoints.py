@@ -3,6 +3,7 @@ refusal of other runs, and exact resume of every stateful part (callbacks includ
 
 import json
 import os
+import random
 
 import numpy as np
 import pytest
@@ -304,3 +305,75 @@ def test_manifest_records_the_unit(data, tmp_path):
     assert manifest["epoch"] == 1 and manifest["params"]["lr"] == 0.1 and len(manifest["data"]) == 64
     assert set(manifest["parts"]) == {"params", "optimizer", "criterion", "history", "weight_net",
                                       "meta_optimizer", "training_state"}
+
+
+# ------------------------------------------------------------------ review fixes (2026-12-02)
+def test_a_callback_listed_after_the_checkpoint_is_in_its_unit(data, tmp_path):
+    """Checkpoints run after every other callback, whatever the order of the list."""
+    X, y, mask = data
+    # an integer warm-up: 20% of max_epochs would differ between the two legs
+    full = make_clf(max_epochs=4, warmup_epochs=1, callbacks=[Counter()]).fit(X, y, meta=mask)
+    for epochs in (2, 4):
+        cp = Checkpoint(dirname=str(tmp_path / "run"))
+        resumed = make_clf(max_epochs=epochs, warmup_epochs=1, callbacks=[cp, LoadInitState(cp), Counter()]).fit(
+            X, y, meta=mask)
+    assert resumed.history[:, "batches_so_far"] == full.history[:, "batches_so_far"]
+    _assert_same(_state(full), _state(resumed))
+
+
+class NoisyItems(torch.utils.data.Dataset):
+    """A random augmentation drawn from a global generator (torch's, numpy's or Python's) of the
+    process reading the item: a DataLoader worker, or the main process."""
+
+    def __init__(self, X, y, source="torch"):
+        self.X, self.targets, self.source = torch.from_numpy(X), y, source
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        d = self.X.shape[1]
+        noise = {"torch": lambda: torch.randn(d), "numpy": lambda: torch.from_numpy(np.random.randn(d)).float(),
+                 "python": lambda: torch.tensor([random.gauss(0, 1) for _ in range(d)])}[self.source]()
+        return self.X[i] + 0.1 * noise, int(self.targets[i])
+
+
+@pytest.mark.parametrize("source,workers", [("torch", 1), ("torch", 0), ("numpy", 0), ("python", 0)])
+def test_resume_equals_the_uninterrupted_run_with_random_dataset_items(data, tmp_path, one_thread, source, workers):
+    """The workers' seeds, the extra read of two items before training, and the global generators a
+    Dataset draws from in the main process are all part of what a resume restores."""
+    X, y, mask = data
+    rows = np.flatnonzero(~mask)[:120]
+    meta = (X[mask], y[mask])
+    kwargs = dict(max_epochs=3, warmup_epochs=1, iterator_train__num_workers=workers, train_on_meta=False)
+    # random_state seeds torch's generator; numpy's and Python's are the user's to seed
+    np.random.seed(0), random.seed(0)
+    full = make_clf(**kwargs).fit(NoisyItems(X[rows], y[rows], source), None, meta=meta)
+    for epochs, seed in ((1, 0), (3, 99)):  # the second leg, as in a new process, restores every generator
+        np.random.seed(seed), random.seed(seed), torch.manual_seed(seed)
+        cp = Checkpoint(dirname=str(tmp_path / "run"))
+        resumed = make_clf(**{**kwargs, "max_epochs": epochs}, callbacks=[cp, LoadInitState(cp)]).fit(
+            NoisyItems(X[rows], y[rows], source), None, meta=meta)
+    _assert_same(_state(full), _state(resumed))
+
+
+def test_a_callback_state_that_cannot_be_pickled_is_named(data, tmp_path):
+    class Unpicklable(Callback):
+        def state_dict(self):
+            return {"fn": lambda: 0}
+
+    X, y, mask = data
+    with pytest.raises(CheckpointError, match=r"the state of callback\(s\) \['bad'\] cannot be saved"):
+        make_clf(max_epochs=1, callbacks=[Checkpoint(dirname=str(tmp_path)), ("bad", Unpicklable())]).fit(
+            X, y, meta=mask)
+
+
+def test_another_validation_split_is_another_run(data, tmp_path):
+    from skorch.dataset import ValidSplit
+
+    X, y, mask = data
+    cp = Checkpoint(dirname=str(tmp_path / "run"))
+    make_clf(max_epochs=1, train_split=ValidSplit(5), callbacks=[cp]).fit(X, y, meta=mask)
+    cp = Checkpoint(dirname=str(tmp_path / "run"))
+    with pytest.raises(CheckpointMismatchError, match="train_split"):
+        make_clf(train_split=ValidSplit(3), callbacks=[cp, LoadInitState(cp)]).fit(X, y, meta=mask)

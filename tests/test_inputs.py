@@ -240,3 +240,78 @@ def test_float64_meta_dataset_is_converted(data):
     meta = TensorDataset(torch.from_numpy(X[mask].astype(np.float64)), torch.from_numpy(y[mask]))
     clf = make_clf().fit(X[~mask], y[~mask], meta=meta)
     assert np.isfinite(clf.sample_weights_).all()
+
+
+# --------------------------------------------------------------------------- review fixes (2026-12-02)
+class _SeenLabels(Callback):
+    def initialize(self):
+        self.labels = []
+        return self
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        if training:
+            self.labels.append(np.asarray(batch[1]))
+
+
+def test_y_given_beside_a_dataset_is_what_the_model_trains_on(data):
+    X, y, mask = data
+    rows = np.flatnonzero(~mask)
+    clean = TensorDataset(torch.from_numpy(X[rows]), torch.zeros(len(rows), dtype=torch.long))  # labels ignored
+    seen = _SeenLabels()
+    make_clf(max_epochs=1, train_on_meta=False, callbacks=[("seen", seen)]).fit(
+        clean, y[rows], meta=(X[mask], y[mask]))
+    np.testing.assert_array_equal(np.bincount(np.concatenate(seen.labels), minlength=10),
+                                  np.bincount(y[rows], minlength=10))
+
+
+class _NumpyItems(torch.utils.data.Dataset):
+    def __init__(self, X, y):
+        self.X, self.targets = X.astype(np.float64), y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i], int(self.targets[i])
+
+
+def test_a_dataset_of_numpy_items_trains_beside_the_meta_rows(data):
+    """train_on_meta=True concatenates the user's numpy items with tensor items: they must collate."""
+    X, y, mask = data
+    rows = np.flatnonzero(~mask)
+    for X_fit, y_fit, meta in [(X[rows], y[rows], _NumpyItems(X[mask], y[mask])),
+                               (_NumpyItems(X[rows], y[rows]), None, (X[mask], y[mask]))]:
+        clf = make_clf(max_epochs=1).fit(X_fit, y_fit, meta=meta)
+        assert np.isfinite(clf.history[-1, "train_loss"])
+
+
+def test_a_meta_tuple_of_three_and_an_integer_mask_are_refused_with_the_fix(data):
+    X, y, mask = data
+    with pytest.raises(ValueError, match=r"got a tuple of 3 arrays: pass exactly \(X_meta, y_meta\)"):
+        make_clf().fit(X, y, meta=(X[mask], y[mask], y[mask]))
+    with pytest.raises(ValueError, match=r"for a mask pass booleans: meta=mask.astype\(bool\)"):
+        make_clf().fit(X, y, meta=mask.astype(int))
+
+
+def test_meta_dataframe_columns_must_be_X_columns_in_order(data):
+    pd = pytest.importorskip("pandas")
+    X, y, mask = data
+    cols = [f"px{i}" for i in range(64)]
+    df, meta = pd.DataFrame(X[~mask], columns=cols), pd.DataFrame(X[mask], columns=cols)
+    with pytest.raises(ValueError, match=r"X_meta's columns .* are not X's .* pass X_meta\[X.columns\]"):
+        make_clf().fit(df, y[~mask], meta=(meta[cols[::-1]], y[mask]))
+    make_clf(max_epochs=1).fit(df, y[~mask], meta=(meta, y[mask]))
+
+
+def test_a_numpy_float_warm_up_is_a_fraction(data):
+    clf = make_clf(max_epochs=10, warmup_epochs=np.float32(0.5))
+    assert clf._warmup() == 5 and make_clf(max_epochs=10, warmup_epochs=np.int64(3))._warmup() == 3
+
+
+def test_partial_fit_on_chunks_of_other_sizes_keeps_counting_steps(data):
+    X, y, mask = data
+    clf = make_clf(max_epochs=1, batch_size=50, classes=np.arange(10))
+    clf.partial_fit(X[:150], y[:150], meta=mask[:150])
+    assert clf.n_steps_ == 3
+    clf.partial_fit(X[150:200], y[150:200], meta=mask[150:200])
+    assert clf.n_steps_ == 4
