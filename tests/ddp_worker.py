@@ -54,8 +54,10 @@ class CrashAfter(Callback):
     def __init__(self, epoch):
         self.epoch = epoch
 
-    def on_epoch_end(self, net, **kwargs):
-        if len(net.history) == self.epoch:
+    def on_epoch_begin(self, net, **kwargs):
+        # killed as the next epoch starts: the unit of epoch `epoch` is written (checkpoints run
+        # after every other callback at an epoch's end, so a kill there would precede it)
+        if len(net.history) == self.epoch + 1:
             os._exit(3)  # a killed job: no cleanup, no flush
 
 

@@ -210,8 +210,9 @@ class Crash(Callback):
     def __init__(self, epoch, batch=None):
         self.epoch, self.batch = epoch, batch
 
-    def on_epoch_end(self, net, **kwargs):
-        if self.batch is None and len(net.history) == self.epoch:
+    def on_epoch_begin(self, net, **kwargs):
+        # as the next epoch starts, once the unit of epoch `epoch` is written
+        if self.batch is None and len(net.history) == self.epoch + 1:
             raise KeyboardInterrupt
 
     def on_batch_end(self, net, training=False, **kwargs):

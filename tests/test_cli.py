@@ -37,7 +37,7 @@ def test_help_lists_the_commands(capsys):
         (["demo", "--noise-rate", "1.5"], "argument --noise-rate: must be in [0, 1), got 1.5"),
         (["demo", "--epochs", "0"], "argument --epochs: must be positive"),
         (["demo", "--meta-lr", "inf"], "argument --meta-lr: must be finite, got inf"),
-        (["reproduce", "clothing1m", "--set", "lr=inf"], "--set: lr must be a positive finite number, got inf"),
+        (["reproduce", "clothing1m", "--set", "lr=inf"], "--set: lr must be positive and finite, got inf"),
         (["benchmark", "--no-steps", "--json", "/nonexistent-folder/x.json"],
          "--json /nonexistent-folder/x.json: the folder /nonexistent-folder does not exist"),
         (["demo", "--device", "gpu0"], "'gpu0' is not a device; use auto, cpu, cuda or cuda:N"),

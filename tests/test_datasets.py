@@ -399,15 +399,16 @@ def test_default_meta_size_needs_real_cifar(cifar10_root):
 
 def test_long_tailed_benchmark(cifar10_root):
     b = make_cifar_benchmark(
-        "cifar10", cifar10_root, corruption="long_tailed", imbalance_factor=10,
+        "cifar10", cifar10_root, corruption="long_tailed", imbalance_factor=5,
         n_meta_per_class=1, random_state=0,
     )  # fmt: skip
     assert np.bincount(b.y_meta).tolist() == [1] * 10
     # 9 images per class are left after the meta split: n_max = 9
-    expected = [int(9 * (1 / 10) ** (i / 9)) for i in range(10)]
+    expected = [int(9 * (1 / 5) ** (i / 9)) for i in range(10)]
+    assert min(expected) == 1
     assert np.bincount(b.y_train, minlength=10).tolist() == expected
     assert not b.noise_mask.any() and b.transition_matrix is None
-    assert b.imbalance_factor == 10 and b.noise_rate is None
+    assert b.imbalance_factor == 5 and b.noise_rate is None
     assert set(b.train_indices.tolist()).isdisjoint(b.meta_indices.tolist())
     assert len(b.train) == sum(expected)
 

@@ -128,3 +128,14 @@ def test_under_flip_noise_the_per_class_net_gains_where_a_loss_only_net_did_not(
            [("default", default), ("loss_only", loss_only)]}
     assert auc["loss_only"] < 0.5 < 0.65 < auc["default"], auc
     assert accuracy["default"] > accuracy["plain"] + 0.03 and accuracy["default"] > accuracy["loss_only"] + 0.03, accuracy
+
+
+def test_size_groups_uses_every_group_and_puts_the_rarest_classes_first():
+    from mwnet_sk.core.weight_net import size_groups
+
+    # most classes one size: quantiles of all counts would start two centres together
+    groups = size_groups([100] * 8 + [1, 2, 5], 3)
+    assert sorted(set(groups.tolist())) == [0, 1, 2]
+    assert groups[8] == 0 and groups[0] == 2
+    assert size_groups([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], 3).tolist() == [2, 2, 2, 1, 1, 1, 0, 0, 0, 0]
+    assert size_groups([7, 7, 30], 3).tolist() == [0, 0, 1]  # fewer sizes than groups: one group per size

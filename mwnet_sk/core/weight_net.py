@@ -149,8 +149,10 @@ def size_groups(class_counts, n_groups: int = 3) -> np.ndarray:
     distinct = np.unique(values)
     if len(distinct) <= n_groups:
         return np.searchsorted(distinct, values).astype(np.int64)
-    # Lloyd's iterations from evenly spaced quantiles: deterministic, and fine in one dimension
-    centers = np.quantile(values, (np.arange(n_groups) + 0.5) / n_groups)
+    # Lloyd's iterations from evenly spaced quantiles of the distinct sizes: deterministic, fine
+    # in one dimension, and the starting centres differ (quantiles of the values coincide when
+    # most classes have one size, and a group would start, and stay, empty)
+    centers = np.quantile(distinct, (np.arange(n_groups) + 0.5) / n_groups)
     for _ in range(100):
         groups = np.abs(values[:, None] - centers[None]).argmin(1)
         new = np.array([values[groups == g].mean() if np.any(groups == g) else centers[g] for g in range(n_groups)])

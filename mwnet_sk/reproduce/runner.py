@@ -181,7 +181,7 @@ class RunConfig:
         for name in ("lr", "meta_lr", "batch_size", "epochs"):
             value = getattr(self, name)
             if value is not None and not (value > 0 and np.isfinite(value)):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+                raise ValueError(f"{name} must be positive and finite, got {value!r}")
         if self.figure_format not in FIGURE_FORMATS:
             raise ValueError(f"figure_format must be one of {FIGURE_FORMATS}, got {self.figure_format!r}")
         if int(self.dpi) < 1:
