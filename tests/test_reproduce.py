@@ -293,3 +293,17 @@ def test_progress_writes_one_line_per_epoch_when_not_a_terminal():
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and len(lines) == 3
     assert re.match(r"MW-Net: epoch 3/3 \[\d\d:\d\d<00:00, .*\], train_loss=\d\.\d{3}, meta_loss=\d\.\d{3}", lines[-1])
+
+
+def test_clothing1m_run_uses_the_papers_preprocessing(tmp_path):
+    """Sec. 4.3: resize to 256x256, crop the middle 224x224, normalise; the same every read."""
+    from test_datasets import write_clothing1m
+
+    from mwnet_sk.reproduce.runner import RunConfig, _clothing1m_data
+
+    write_clothing1m(tmp_path)
+    data = _clothing1m_data(RunConfig("clothing1m", root=tmp_path, meta_per_class=0, progress=False), tmp_path)
+    for ds in (data.X_train, data.meta, data.X_test):
+        first, again = ds[0][0], ds[0][0]
+        assert first.shape == (3, 224, 224) and torch.equal(first, again)  # no random crop or flip
+    assert "Resize(size=(256, 256)" in repr(data.X_train.transform)

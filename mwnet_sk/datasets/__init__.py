@@ -32,6 +32,7 @@ from .clothing1m import (
     CLOTHING1M_STD,
     Clothing1M,
     clothing1m_eval_transform,
+    clothing1m_paper_transform,
     clothing1m_train_transform,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "cifar_test_transform",
     "cifar_train_transform",
     "clothing1m_eval_transform",
+    "clothing1m_paper_transform",
     "clothing1m_train_transform",
     "load_cifar",
     "load_cifar_n",

@@ -31,6 +31,7 @@ __all__ = [
     "CLOTHING1M_STD",
     "Clothing1M",
     "clothing1m_eval_transform",
+    "clothing1m_paper_transform",
     "clothing1m_train_transform",
 ]
 
@@ -76,6 +77,35 @@ def clothing1m_train_transform() -> T.Compose:
             T.Resize(256),
             T.RandomCrop(224),
             T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(CLOTHING1M_MEAN, CLOTHING1M_STD),
+        ]
+    )
+
+
+def clothing1m_paper_transform() -> T.Compose:
+    """The Meta-Weight-Net paper's Clothing1M preprocessing (Shu et al. 2019, Sec. 4.3): "we
+    resize the image to 256×256, crop the middle 224×224 as input, and perform normalization".
+
+    ``Resize((256, 256))`` (both sides, aspect ratio not kept) + ``CenterCrop(224)`` +
+    ``ToTensor`` + ``Normalize``, the same for training, meta and test images, no random
+    augmentation. ``mwnet-sk reproduce clothing1m`` uses it; :func:`clothing1m_train_transform`
+    is the augmented recipe common in later work.
+
+    Returns
+    -------
+    torchvision.transforms.Compose
+        Picklable transform from an RGB ``PIL.Image`` to a normalised float tensor (3, 224, 224).
+
+    Examples
+    --------
+    >>> from mwnet_sk.datasets import clothing1m_paper_transform
+    >>> t = clothing1m_paper_transform()
+    """
+    return T.Compose(
+        [
+            T.Resize((256, 256)),
+            T.CenterCrop(224),
             T.ToTensor(),
             T.Normalize(CLOTHING1M_MEAN, CLOTHING1M_STD),
         ]

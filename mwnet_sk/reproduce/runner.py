@@ -345,17 +345,15 @@ def _clothing1m_data(config: RunConfig, root) -> _RunData:
     from torch.utils.data import Subset
     from torchvision import transforms as T
 
-    from ..datasets import CLOTHING1M_MEAN, CLOTHING1M_STD, Clothing1M, clothing1m_train_transform
+    from ..datasets import CLOTHING1M_MEAN, CLOTHING1M_STD, Clothing1M, clothing1m_paper_transform
     from ..noise import meta_mask
 
-    if config.smoke:  # tiny images: 32-pixel crops instead of 224
+    if config.smoke:  # tiny images: the paper's recipe scaled down, 36x36 resized, 32x32 centre
         norm = [T.ToTensor(), T.Normalize(CLOTHING1M_MEAN, CLOTHING1M_STD)]
-        train_tf = T.Compose([T.Resize(36), T.RandomCrop(32), T.RandomHorizontalFlip(), *norm])
-        meta_tf, eval_tf = train_tf, T.Compose([T.Resize(36), T.CenterCrop(32), *norm])
-    else:  # the package's ResNet-50 transforms (resize 256, crop 224, normalise)
-        train_tf, meta_tf, eval_tf = "default", clothing1m_train_transform(), "default"
+        train_tf = meta_tf = eval_tf = T.Compose([T.Resize((36, 36)), T.CenterCrop(32), *norm])
+    else:  # the paper (Sec. 4.3): resize to 256x256, crop the middle 224x224, normalise; no augmentation
+        train_tf = meta_tf = eval_tf = clothing1m_paper_transform()
     train = Clothing1M(root, "noisy_train", transform=train_tf)
-    # the meta images are augmented like the training images, as in the official code
     val = Clothing1M(root, "clean_val", transform=meta_tf)
     test = Clothing1M(root, "clean_test", transform=eval_tf)
     per_class = 2 if config.smoke else (config.exp.n_meta_per_class if config.meta_per_class is None
