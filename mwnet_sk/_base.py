@@ -27,7 +27,7 @@ from skorch.exceptions import SkorchTrainingImpossibleError
 from skorch.utils import to_device, to_numpy
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ._data import (
     INDEX_KEY,
@@ -80,7 +80,8 @@ class MetaSetClassifier(NeuralNetClassifier):
     _auxiliary_modules: tuple = ("batch_transform",)
     # Fitted attributes that a fresh fit forgets.
     _fit_attributes = ("training_state_", "classes_inferred_", "input_shape_", "n_features_in_",
-                       "feature_names_in_", "seed_", "pending_callback_states_", "train_prior_", "target_prior_")
+                       "feature_names_in_", "seed_", "pending_callback_states_", "train_prior_", "target_prior_",
+                       "train_counts_")
 
     def __init__(
         self,
@@ -506,7 +507,7 @@ class MetaSetClassifier(NeuralNetClassifier):
         data = self._prepare(X, y, meta, fresh=fresh)  # bad input fails before anything is built
         if fresh:
             self.initialize()
-        return self._fit(data, X, y, "fit", fit_params)
+        return self._fit(data, X, y, "fit", fit_params, fresh)
 
     def partial_fit(self, X, y=None, classes=None, meta=None, **fit_params):
         """Continue training for ``max_epochs`` epochs without re-initialising.
@@ -518,11 +519,18 @@ class MetaSetClassifier(NeuralNetClassifier):
         data = self._prepare(X, y, meta, fresh=fresh, classes=classes)
         if fresh:
             self.initialize()
-        return self._fit(data, X, y, "partial_fit", fit_params)
+        return self._fit(data, X, y, "partial_fit", fit_params, fresh)
 
-    def _set_fit_metadata(self, data):
+    def _set_fit_metadata(self, data, fresh=True):
         self.classes_inferred_ = data.classes
-        self.train_prior_, self.target_prior_ = self._class_priors(data)
+        # The network learns the class frequencies of every row it has trained on: a warm-start
+        # fit or a partial_fit adds its rows to the earlier ones (train_counts_), not replaces them.
+        previous = None if fresh else getattr(self, "train_counts_", None)
+        n_classes = len(data.classes)
+        self._train_counts_base = (np.zeros(n_classes) if previous is None or len(previous) != n_classes
+                                   else np.asarray(previous, dtype=np.float64))
+        self._count_training_rows(data.y_train, n_classes)
+        _, self.target_prior_ = self._class_priors(data)
         self.input_shape_ = data.sample_shape
         if isinstance(data.sample_shape, tuple) and len(data.sample_shape) == 1:
             self.n_features_in_ = data.sample_shape[0]
@@ -530,6 +538,11 @@ class MetaSetClassifier(NeuralNetClassifier):
             self.feature_names_in_ = data.feature_names
         else:
             vars(self).pop("feature_names_in_", None)
+
+    def _count_training_rows(self, codes, n_classes):
+        """train_counts_ (earlier fits' rows plus these) and train_prior_ from them."""
+        self.train_counts_ = self._train_counts_base + np.bincount(np.asarray(codes), minlength=n_classes)
+        self.train_prior_ = class_prior(self.train_counts_)
 
     def _class_priors(self, data):
         """(train_prior_, target_prior_) of a fit: the class frequencies of the rows trained on
@@ -571,13 +584,13 @@ class MetaSetClassifier(NeuralNetClassifier):
 
         return shifted
 
-    def _fit(self, data, X, y, routing_method, fit_params):
+    def _fit(self, data, X, y, routing_method, fit_params, fresh=True):
         if fit_params and self.train_split is None:
             raise TypeError(
                 f"fit parameters {sorted(fit_params)} go to train_split, but train_split is None; "
                 f"{type(self).__name__} does not pass fit parameters to module.forward"
             )
-        self._set_fit_metadata(data)
+        self._set_fit_metadata(data, fresh)
         self._check_monitors()
         self._begin_training(data)
         self.fit_data_ = data
@@ -649,6 +662,9 @@ class MetaSetClassifier(NeuralNetClassifier):
         else:
             split_params = fit_params
         dataset_train, dataset_valid = self.get_split_datasets(X, y, **split_params)
+        if dataset_valid is not None and isinstance(dataset_train, Subset) and y is not None:
+            # rows held out for validation are not trained on: the prior counts the rest only
+            self._count_training_rows(np.asarray(y)[np.asarray(dataset_train.indices)], len(self.classes_))
         on_epoch_kwargs = {"dataset_train": dataset_train, "dataset_valid": dataset_valid}
         iterator_train = self.get_iterator(dataset_train, training=True)
         iterator_valid = None if dataset_valid is None else self.get_iterator(dataset_valid, training=False)
@@ -737,6 +753,12 @@ class MetaSetClassifier(NeuralNetClassifier):
             state = TrainingState(data.n_samples, data.n_rows, self.seed_ + 7919 * len(self.history),
                                   record_weights=getattr(self, "record_weights", False))
             state.n_steps = steps
+        else:
+            # the same number of rows (a warm-start fit, a partial_fit): the step count and the
+            # random streams carry on, but each row's weight and loss are this fit's (NaN for rows
+            # it does not train on, e.g. held out by train_split), not an earlier fit's
+            state.sample_weights.fill_(float("nan"))
+            state.sample_losses.fill_(float("nan"))
         self.training_state_ = state
         device = torch.device(self.device)
         if self.data_on_device:
@@ -746,6 +768,7 @@ class MetaSetClassifier(NeuralNetClassifier):
         reducer = self._reducer()
         if reducer is not None:
             self._check_data_parallel()
+            self._check_data_parallel_data(data, reducer)
             # every process starts from the first one's networks (random_state=None differs per process)
             reducer.broadcast_([t.data for m in self._replicated_modules() for t in m.state_dict().values()])
         state.start(device, **self._meta_source(data))
@@ -755,7 +778,42 @@ class MetaSetClassifier(NeuralNetClassifier):
         return [_plain(self.module_)]
 
     def _check_data_parallel(self):
-        pass
+        for name, callback in self.callbacks_:
+            if isinstance(callback, EpochScoring) and callback.on_train:
+                raise ValueError(
+                    f"callback {name!r} scores the training data (on_train=True), but under torchrun each process "
+                    "holds only its part of every batch, so the processes would record different scores (and an "
+                    "EarlyStopping or Checkpoint reading them would decide differently); score a validation split "
+                    "(on_train=False), the meta set (mwnet_sk.callbacks.MetaScoring), or monitor train_loss, which "
+                    "is the global batch's"
+                )
+
+    def _check_data_parallel_data(self, data, reducer):
+        """Every process must hold the same data, and enough rows for a part of every batch."""
+        device = torch.device(self.device)
+        digest = torch.tensor(list(bytes.fromhex(data.fingerprint())[:16]), dtype=torch.int64, device=device)
+        first = digest.clone()
+        reducer.broadcast_([first])
+        differs = torch.tensor([float(not torch.equal(first, digest))], device=device)
+        reducer.sum_([differs])  # every process learns it, so every process raises
+        if differs.item():
+            raise ValueError(
+                f"the {reducer.world_size} processes were given different data (training rows, labels or meta "
+                "set): each process cuts its part of every batch from the same data, so every process must call "
+                "fit with the same X, y and meta (e.g. draw a meta mask with a fixed random_state)"
+            )
+        per_process = 2 if _has_batchnorm(self.module_) else 1
+        needed = per_process * reducer.world_size
+        sets = [("training rows", len(data.train))]
+        if data.meta is not None and self._meta_source(data):
+            sets.append(("meta rows", len(data.meta)))
+        for what, n in sets:
+            if n < needed:
+                raise ValueError(
+                    f"data-parallel training over {reducer.world_size} processes needs at least {needed} {what} "
+                    f"({per_process} per process{', BatchNorm needs 2' if per_process == 2 else ''}); there are "
+                    f"{n}: use fewer processes or more rows"
+                )
 
     def _meta_source(self, data) -> dict:
         """What the training state's meta sampler draws from (nothing for plain training)."""
@@ -868,8 +926,18 @@ class MetaSetClassifier(NeuralNetClassifier):
         if not self.__sklearn_is_fitted__():
             hint = ("call fit first" if not self.initialized_ else
                     "call fit, or load a checkpoint that includes the training state "
-                    "(load_params(checkpoint=...) or f_training_state=...), or pass classes=")
+                    "(load_params(checkpoint=...) or f_training_state=...), or pass classes= "
+                    "(with target_prior='train')")
             raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet: {hint}.")
+        wants_shift = not (isinstance(self.target_prior, str) and self.target_prior == "train")
+        if wants_shift and (getattr(self, "train_prior_", None) is None or getattr(self, "target_prior_", None) is None):
+            # parameters loaded without the training state: predicting would silently drop the correction
+            raise NotFittedError(
+                f"This {type(self).__name__} predicts for target_prior={self.target_prior!r}, but the class "
+                "frequencies it was trained on are unknown (parameters were loaded without the training state): "
+                "load the training state too (load_params(checkpoint=...) or f_training_state=...), or set "
+                "target_prior='train' to predict with the network's own class frequencies."
+            )
 
     def trim_for_prediction(self):
         """skorch's ``trim_for_prediction``; ``predict_proba`` keeps returning probabilities (skorch
@@ -902,7 +970,7 @@ class MetaSetClassifier(NeuralNetClassifier):
                 meta[name] = int(getattr(self, name))
         if getattr(self, "feature_names_in_", None) is not None:
             meta["feature_names_in_"] = [str(n) for n in self.feature_names_in_]
-        for name in ("train_prior_", "target_prior_"):
+        for name in ("train_prior_", "target_prior_", "train_counts_"):
             if getattr(self, name, None) is not None:
                 meta[name] = [float(v) for v in getattr(self, name)]
         shape = getattr(self, "input_shape_", None)
@@ -922,7 +990,7 @@ class MetaSetClassifier(NeuralNetClassifier):
                 setattr(self, name, int(meta[name]))
         if "feature_names_in_" in meta:
             self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
-        for name in ("train_prior_", "target_prior_"):
+        for name in ("train_prior_", "target_prior_", "train_counts_"):
             if name in meta:
                 setattr(self, name, np.asarray(meta[name], dtype=np.float64))
         if "input_shape_" in meta:

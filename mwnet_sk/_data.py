@@ -463,9 +463,14 @@ class MetaSampler:
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()  # prefetched batches belong to the old position
         self._pending.clear()
+        self.generator.set_state(state["generator"])
+        if state["order"] is not None and len(state["order"]) != self.n:
+            # a permutation of another meta set (partial_fit with a meta set of another size): the
+            # random stream carries on, the next batch starts a permutation of this meta set
+            self.order, self.offset = None, 0
+            return
         self.order = None if state["order"] is None else state["order"].clone()
         self.offset = int(state["offset"])
-        self.generator.set_state(state["generator"])
 
 
 @dataclass

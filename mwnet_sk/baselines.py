@@ -169,7 +169,11 @@ def plain_counterpart(estimator, **overrides) -> PlainClassifier:
     """An unfitted :class:`PlainClassifier` with ``estimator``'s network, optimizer, schedule
     (callbacks), data settings and ``random_state``: plain training on the same labelled rows.
 
-    ``overrides`` replace any parameter, e.g. ``train_on_meta=False, callbacks=[MetaScoring()]``.
+    It trains on every labelled row, the meta rows included, whatever the estimator's
+    ``train_on_meta``: plain training has no use for a held-out clean set other than training
+    on it, so this is what a user would run instead. ``overrides`` replace any parameter, e.g.
+    ``train_on_meta=False, callbacks=[MetaScoring()]`` (hold the meta rows out to select the
+    best epoch on them).
     Callbacks are cloned; the estimator's own defaults (the weight monitor) do not apply.
     Predictions are the network's own (``target_prior="train"``), as plain training gives
     them; ``target_prior="meta"`` adds the estimator's class-prior correction.

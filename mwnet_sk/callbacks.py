@@ -816,6 +816,8 @@ class MetaScoring(Callback):
     skorch ``NeuralNetClassifier`` the "select the epoch on the clean rows" baseline. The score
     is recorded in ``history`` under ``name`` (and ``name + "_best"``); with ``keep_best`` the
     classifier's parameters (``module_``) of the best epoch are restored when training ends.
+    The best epoch is that of the current ``fit`` (or ``partial_fit`` call): a warm-start fit is
+    not rolled back to an earlier fit's parameters.
 
     A meta set the classifier also trains on (``train_on_meta=True``) scores optimistically:
     select on it only when it is held out of training.
@@ -858,6 +860,13 @@ class MetaScoring(Callback):
         self.best_epoch_ = None
         self.best_state_ = None
         return self
+
+    def on_train_begin(self, net, **kwargs):
+        # the best epoch of this fit: a warm-start fit or a partial_fit (new rows, maybe another
+        # meta set) must not be compared with, or rolled back to, an earlier fit's best. A
+        # resumed run gets its saved best back after this (checkpoint states apply after
+        # on_train_begin).
+        self.best_score_ = self.best_epoch_ = self.best_state_ = None
 
     def _score(self, net):
         if self.X_meta is not None:

@@ -435,6 +435,7 @@ class MetaWeightClassifier(MetaSetClassifier):
         return super()._replicated_modules() + [self.weight_net_]
 
     def _check_data_parallel(self):
+        super()._check_data_parallel()
         if self.meta_gradient == "unrolled":
             raise ValueError(
                 "meta_gradient='unrolled' (the second-order graph) does not compose with data-parallel "

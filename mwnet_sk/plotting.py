@@ -53,13 +53,18 @@ def _axes(ax):
     return ax
 
 
+def _is_estimator(obj: Any) -> bool:
+    """An estimator (fitted or not), as opposed to arrays, weight nets and plain callables."""
+    return hasattr(obj, "fit") and hasattr(obj, "get_params")
+
+
 def _as_weight_callable(obj: Any):
     """A callable ndarray -> ndarray from an estimator, a WeightFunction, a module or a function."""
     wf = getattr(obj, "weight_function_", None)
     if wf is not None:
         return wf
-    if hasattr(obj, "weight_net_") and not hasattr(obj, "weight_function_"):
-        raise ValueError("the estimator has no weight_function_: fit it first")
+    if _is_estimator(obj):
+        raise ValueError(f"the {type(obj).__name__} has no weight_function_: fit it first")
     try:
         import torch
 
@@ -166,9 +171,9 @@ def _weights_from(obj: Any, attribute: str) -> np.ndarray:
     value = getattr(obj, attribute, None)
     if value is not None:
         return np.asarray(value, dtype=float)
-    if hasattr(obj, "weight_net_"):
-        hint = " (fit with record_weights=True)" if attribute == "sample_weights_history_" else ""
-        raise ValueError(f"the estimator has no {attribute}{hint}")
+    if _is_estimator(obj):
+        hint = " (fit with record_weights=True)" if attribute == "sample_weights_history_" else ": fit it first"
+        raise ValueError(f"the {type(obj).__name__} has no {attribute}{hint}")
     return np.asarray(obj, dtype=float)
 
 

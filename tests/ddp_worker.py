@@ -36,10 +36,23 @@ def meta_dataset(X, y):
 
 def estimator(batch_size, batchnorm=False, **kwargs):
     params = dict(module=MLP, module__n_features=64, module__num_classes=10, module__batchnorm=batchnorm,
-                  lr=0.1, optimizer__momentum=0.9, max_epochs=3, batch_size=batch_size, verbose=0,
+                  lr=0.1, max_epochs=3, batch_size=batch_size, verbose=0,
                   random_state=0, warmup_epochs=1)
+    if kwargs.get("optimizer", torch.optim.SGD) is torch.optim.SGD:
+        params["optimizer__momentum"] = 0.9
     params.update(kwargs)
     return MetaWeightClassifier(**params)
+
+
+LBFGS = dict(optimizer=torch.optim.LBFGS, optimizer__line_search_fn="strong_wolfe", optimizer__max_iter=4, lr=1.0,
+             max_epochs=2)
+
+
+def uneven_meta(mask):
+    """The meta mask with one row fewer (an odd meta set)."""
+    out = mask.copy()
+    out[np.flatnonzero(mask)[0]] = False
+    return out
 
 
 def summary(clf):
@@ -84,6 +97,25 @@ def main(scenario, out_dir, batch_size=32):
                                              .fit(X[~mask], y[~mask], meta=meta_dataset(X[mask], y[mask])))
         results["bf16"] = summary(estimator(batch_size, precision="bf16", batchnorm=True, sync_batchnorm=True)
                                   .fit(X, y, meta=mask))
+        # 49 meta rows: the processes' meta shards differ in size (25 and 24)
+        results["uneven-meta"] = summary(estimator(batch_size).fit(X, y, meta=uneven_meta(mask)))
+        # a closure optimizer: its line search must see the same (global) loss on every process
+        results["lbfgs"] = summary(estimator(batch_size, **LBFGS).fit(X, y, meta=mask))
+    elif scenario == "refused":  # clear errors, raised by every process alike (none hangs)
+        from skorch.callbacks import EpochScoring
+
+        rank = int(os.environ["RANK"])
+        other = meta_mask(y, n_meta_per_class=5, random_state=rank)  # a mask drawn per process
+        one_meta_row = np.zeros_like(mask)
+        one_meta_row[np.flatnonzero(mask)[0]] = True
+        for name, kwargs, meta in [("per-process data", {}, other),
+                                   ("one meta row", {}, one_meta_row),
+                                   ("train scoring", {"callbacks": [EpochScoring("accuracy", on_train=True)]}, mask)]:
+            try:
+                estimator(batch_size, max_epochs=1, **kwargs).fit(X, y, meta=meta)
+                results[name] = "no error"
+            except ValueError as err:
+                results[name] = str(err)
     elif scenario in ("crash", "resume"):
         cp = Checkpoint(dirname=os.path.join(out_dir, "run"))
         callbacks = [cp, LoadInitState(cp)] + ([CrashAfter(2)] if scenario == "crash" else [])

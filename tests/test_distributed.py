@@ -71,13 +71,18 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, one_thr
         "batchnorm-sync": ddp_worker.summary(ddp_worker.estimator(64, batchnorm=True).fit(X, y, meta=mask)),
         "plain-batchnorm-sync": ddp_worker.summary(ddp_worker.plain_counterpart(
             ddp_worker.estimator(64, batchnorm=True)).fit(X, y, meta=mask)),
+        # the global meta batch's mean, not a mean of the processes' means
+        "uneven-meta": ddp_worker.summary(ddp_worker.estimator(64).fit(X, y, meta=ddp_worker.uneven_meta(mask))),
+        "lbfgs": ddp_worker.summary(ddp_worker.estimator(64, **ddp_worker.LBFGS).fit(X, y, meta=mask)),
     }
     for name in ("mwnet", "plain", "pair", "batchnorm", "batchnorm-sync", "plain-batchnorm-sync", "on-device",
-                 "dataset-workers", "bf16"):
+                 "dataset-workers", "bf16", "uneven-meta", "lbfgs"):
         assert_identical(rank0[name], rank1[name])  # every process holds the same model
     for name, reference in single.items():
-        # float32 rounding of the sums' order (batch norm's statistics add a little more)
-        assert_close(rank0[name], reference, atol=1e-5 if "batchnorm" in name else 2e-6)
+        # float32 rounding of the sums' order (batch norm's statistics add a little more; LBFGS's
+        # line search amplifies it: 2e-4 measured, 2026-12-02)
+        atol = 1e-3 if name == "lbfgs" else 1e-5 if "batchnorm" in name else 2e-6
+        assert_close(rank0[name], reference, atol=atol)
     assert "sync_batchnorm=True" in rank0["syncbn-error"]
     # bf16 autocast with global batch norm: the same model on every process and a finite run
     # (rounding differs from one process)
@@ -130,6 +135,13 @@ def test_global_batch_norm_is_torchs_batch_norm_with_its_derivatives(group_of_on
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     for a, b in zip(ours, torchs):
         torch.testing.assert_close(a.float(), b.float(), **tol)
+
+
+def test_data_parallel_refusals_are_clear_and_raised_by_every_process(tmp_path, one_thread):
+    for rank in torchrun("refused", tmp_path):
+        assert "processes were given different data" in rank["per-process data"]
+        assert "needs at least 2 meta rows (1 per process)" in rank["one meta row"]
+        assert "scores the training data (on_train=True)" in rank["train scoring"]
 
 
 def test_a_killed_run_resumes_under_torchrun(tmp_path, one_thread):

@@ -139,3 +139,15 @@ def test_size_groups_uses_every_group_and_puts_the_rarest_classes_first():
     assert groups[8] == 0 and groups[0] == 2
     assert size_groups([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], 3).tolist() == [2, 2, 2, 1, 1, 1, 0, 0, 0, 0]
     assert size_groups([7, 7, 30], 3).tolist() == [0, 0, 1]  # fewer sizes than groups: one group per size
+
+
+def test_weight_function_refuses_class_indices_outside_the_classes_and_reversed_ranges():
+    net = PerClassWeightNet()
+    net.set_class_counts(np.array([5, 3, 2]))
+    f = WeightFunction(net)
+    assert f(np.array([0.5, 1.0]), [2, 0]).shape == (2,)
+    for bad in ([-1, 0], [0, 3]):
+        with pytest.raises(ValueError, match=r"class indices must be in \[0, 3\)"):
+            f(np.array([0.5, 1.0]), bad)
+    with pytest.raises(ValueError, match="low <= high"):
+        f.profile(2.0, 1.0)

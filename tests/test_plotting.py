@@ -169,3 +169,15 @@ def test_missing_matplotlib_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"mwnet-sk\[plot\]"):
         plotting.plot_weight_function(WeightNet())
+
+
+def test_an_unfitted_estimator_is_refused_with_fit_it_first():
+    from mwnet_sk import MetaWeightClassifier
+    from mwnet_sk.models import MLP
+    from mwnet_sk.plotting import plot_weight_distribution, plot_weight_function
+
+    clf = MetaWeightClassifier(MLP, module__n_features=4, module__num_classes=2)
+    with pytest.raises(ValueError, match="MetaWeightClassifier has no weight_function_: fit it first"):
+        plot_weight_function(clf)
+    with pytest.raises(ValueError, match="MetaWeightClassifier has no sample_weights_: fit it first"):
+        plot_weight_distribution(clf, np.zeros(3, bool))

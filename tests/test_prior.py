@@ -147,3 +147,55 @@ def test_the_meta_prior_helps_a_long_tail_on_balanced_data(seed):
     corrected = _net(PlainClassifier, target_prior="meta", **params).fit(X, y, meta=meta)
     assert balanced_accuracy_score(y_test, corrected.predict(X_test)) > \
         balanced_accuracy_score(y_test, own.predict(X_test)) + 0.01
+
+
+# --------------------------------------------------------------------------- review fixes (2026-12-02)
+def test_parameters_loaded_without_the_priors_refuse_to_predict_for_the_meta_prior(tmp_path):
+    """Loading parameters alone (with classes=) would silently drop the correction."""
+    X, y, meta, X_test, _ = _long_tail()
+    clf = _net(target_prior="meta").fit(X, y, meta=meta)
+    clf.save_params(f_params=tmp_path / "p.pt")
+    fresh = _net(target_prior="meta", classes=np.arange(4)).initialize()
+    fresh.load_params(f_params=tmp_path / "p.pt")
+    with pytest.raises(Exception, match=r"predicts for target_prior='meta', but the class frequencies it was "
+                                        r"trained on are unknown.*f_training_state"):
+        fresh.predict(X_test)
+    fresh.set_params(target_prior="train")  # the fix the message names: the network's own prior
+    assert fresh.predict(X_test).shape == (len(X_test),)
+
+
+def test_the_training_prior_counts_every_fit_and_only_the_rows_trained_on():
+    from skorch.dataset import ValidSplit
+
+    X, y, meta, _, _ = _long_tail()
+    order = np.random.RandomState(0).permutation(len(y))  # meta rows in both halves
+    X, y, meta = X[order], y[order], meta[order]
+    n = np.bincount(y, minlength=4)
+    clf = _net(max_epochs=1, classes=np.arange(4))
+    half = len(y) // 2
+    clf.partial_fit(X[:half], y[:half], meta=meta[:half])
+    clf.partial_fit(X[half:], y[half:], meta=meta[half:])  # another class mix
+    np.testing.assert_array_equal(clf.train_counts_, n)  # both chunks, not the last one
+    np.testing.assert_allclose(clf.train_prior_, class_prior(n))
+    # rows a validation split holds out are not trained on, so not counted
+    split = _net(max_epochs=1, train_split=ValidSplit(0.25, stratified=False, random_state=0)).fit(X, y, meta=meta)
+    assert split.train_counts_.sum() < len(y) and split.train_counts_.sum() == np.isfinite(split.sample_weights_).sum()
+
+
+def test_meta_scoring_keeps_the_best_epoch_of_the_current_fit_and_rows_start_unweighted():
+    from skorch.dataset import ValidSplit
+
+    X, y, meta, _, _ = _long_tail()
+    scoring = MetaScoring(X_meta=X[meta], y_meta=y[meta])
+    clf = _net(max_epochs=2, warm_start=True, callbacks=[scoring],
+               train_split=ValidSplit(0.25, stratified=False, random_state=0)).fit(X, y, meta=meta)
+    first = clf.train_counts_.sum()
+    clf.set_params(train_split=ValidSplit(0.25, stratified=False, random_state=1))
+    clf.fit(X, y, meta=meta)  # a warm-start fit: its own best epoch, its own held-out rows
+    assert scoring.best_epoch_ in (3, 4)  # not fit 1's epoch, whatever the scores
+    # rows this fit held out are NaN, not the first fit's values; the trained ones are counted
+    assert np.isfinite(clf.sample_weights_).sum() == clf.train_counts_.sum() - first
+
+
+def test_plain_counterpart_trains_on_every_labelled_row():
+    assert plain_counterpart(_net(train_on_meta=False)).train_on_meta is True

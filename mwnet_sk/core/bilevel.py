@@ -477,10 +477,16 @@ class BilevelStep:
                          for name, p, g, lr in zip(self.virtual_names, self.virtual_params, grads, lrs)}
             del grads
             meta_loss = self._meta_loss(w_hat, x_meta, y_meta, device)
+            if self.reducer is not None:
+                # this process's share of the global mean: its sum over the global count (meta
+                # shards may differ in size; a mean of per-process means would weight them equally)
+                n_local = float(y_meta.shape[0])
+                (n_all,) = self._reduce_sum([torch.tensor([n_local], device=device, dtype=meta_loss.dtype)])
+                meta_loss = meta_loss * (n_local / n_all[0])
             meta_grads = list(torch.autograd.grad(meta_loss, list(w_hat.values()), allow_unused=True))
             meta_grads = [torch.zeros_like(w_hat[n]) if g is None else g for n, g in zip(self.virtual_names, meta_grads)]
             if self.reducer is not None:
-                self.reducer.mean_(meta_grads + [meta_loss.detach().reshape(1)])
+                self.reducer.sum_(meta_grads + [meta_loss.detach().reshape(1)])
             state["meta_loss"] = meta_loss.detach()
             with torch.no_grad():
                 tangents = {name: g * lr for name, g, lr in zip(self.virtual_names, meta_grads, lrs)}
@@ -695,7 +701,8 @@ class BilevelStep:
                 })
             if on_grad_computed is not None:
                 on_grad_computed()
-            return loss.detach()
+            # the global batch's loss: a line search (LBFGS) must decide the same on every process
+            return value[0] if self.reducer is not None else loss.detach()
 
         self.optimizer.step(closure)
         loss, n = first["value"]

@@ -85,6 +85,8 @@ def weight_profile(weight_fn, loss_low: float, loss_high: float, n_points: int =
     """
     if not np.isfinite(loss_low) or not np.isfinite(loss_high):
         raise ValueError(f"the loss range must be finite, got ({loss_low}, {loss_high})")
+    if loss_high < loss_low:
+        raise ValueError(f"the loss range must be (low, high) with low <= high, got ({loss_low}, {loss_high})")
     grid = np.linspace(float(loss_low), float(max(loss_high, loss_low)), int(n_points))
     if labels is None:
         curves = np.asarray(weight_fn(grid), dtype=np.float64).reshape(1, -1)
@@ -373,6 +375,10 @@ class WeightFunction:
                                  "(weight_function_(losses, labels)); positions in the estimator's classes_")
             label_t = torch.as_tensor(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels),
                                       dtype=torch.long).reshape(-1)
+            known = int(getattr(self.weight_net, "class_groups", torch.empty(0)).numel())
+            if known and label_t.numel() and (int(label_t.min()) < 0 or int(label_t.max()) >= known):
+                raise ValueError(f"class indices must be in [0, {self.n_classes}) (positions in the estimator's "
+                                 f"classes_), got {int(label_t.min())}..{int(label_t.max())}")
         is_tensor = isinstance(losses, torch.Tensor)
         if is_tensor:
             device, dtype = losses.device, losses.dtype
