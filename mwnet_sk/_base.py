@@ -527,7 +527,7 @@ class MetaSetClassifier(NeuralNetClassifier):
         # fit or a partial_fit adds its rows to the earlier ones (train_counts_), not replaces them.
         previous = None if fresh else getattr(self, "train_counts_", None)
         n_classes = len(data.classes)
-        self._train_counts_base = (np.zeros(n_classes) if previous is None or len(previous) != n_classes
+        self.train_counts_before_ = (np.zeros(n_classes) if previous is None or len(previous) != n_classes
                                    else np.asarray(previous, dtype=np.float64))
         self._count_training_rows(data.y_train, n_classes)
         _, self.target_prior_ = self._class_priors(data)
@@ -541,7 +541,7 @@ class MetaSetClassifier(NeuralNetClassifier):
 
     def _count_training_rows(self, codes, n_classes):
         """train_counts_ (earlier fits' rows plus these) and train_prior_ from them."""
-        self.train_counts_ = self._train_counts_base + np.bincount(np.asarray(codes), minlength=n_classes)
+        self.train_counts_ = self.train_counts_before_ + np.bincount(np.asarray(codes), minlength=n_classes)
         self.train_prior_ = class_prior(self.train_counts_)
 
     def _class_priors(self, data):
@@ -606,6 +606,7 @@ class MetaSetClassifier(NeuralNetClassifier):
         finally:
             self._end_training()
             vars(self).pop("fit_data_", None)
+            vars(self).pop("train_counts_before_", None)  # only while fitting
         return self
 
     def _check_monitors(self):
