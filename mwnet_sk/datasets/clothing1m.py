@@ -56,6 +56,11 @@ _TRAIN_SPLITS = ("noisy_train", "clean_train")
 _CATEGORY_FILE = "category_names_eng.txt"
 
 
+def _then_normalised(*steps) -> T.Compose:
+    """``steps``, then ``ToTensor`` and ``Normalize`` with the Clothing1M statistics."""
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(CLOTHING1M_MEAN, CLOTHING1M_STD)])
+
+
 def clothing1m_train_transform() -> T.Compose:
     """ResNet-50 training transform for Clothing1M.
 
@@ -72,15 +77,7 @@ def clothing1m_train_transform() -> T.Compose:
     >>> from mwnet_sk.datasets import clothing1m_train_transform
     >>> t = clothing1m_train_transform()
     """
-    return T.Compose(
-        [
-            T.Resize(256),
-            T.RandomCrop(224),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(CLOTHING1M_MEAN, CLOTHING1M_STD),
-        ]
-    )
+    return _then_normalised(T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip())
 
 
 def clothing1m_paper_transform() -> T.Compose:
@@ -102,14 +99,7 @@ def clothing1m_paper_transform() -> T.Compose:
     >>> from mwnet_sk.datasets import clothing1m_paper_transform
     >>> t = clothing1m_paper_transform()
     """
-    return T.Compose(
-        [
-            T.Resize((256, 256)),
-            T.CenterCrop(224),
-            T.ToTensor(),
-            T.Normalize(CLOTHING1M_MEAN, CLOTHING1M_STD),
-        ]
-    )
+    return _then_normalised(T.Resize((256, 256)), T.CenterCrop(224))
 
 
 def clothing1m_eval_transform() -> T.Compose:
@@ -127,14 +117,7 @@ def clothing1m_eval_transform() -> T.Compose:
     >>> from mwnet_sk.datasets import clothing1m_eval_transform
     >>> t = clothing1m_eval_transform()
     """
-    return T.Compose(
-        [
-            T.Resize(256),
-            T.CenterCrop(224),
-            T.ToTensor(),
-            T.Normalize(CLOTHING1M_MEAN, CLOTHING1M_STD),
-        ]
-    )
+    return _then_normalised(T.Resize(256), T.CenterCrop(224))
 
 
 def _require(root: Path, fname: str) -> Path:
