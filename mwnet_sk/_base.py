@@ -951,6 +951,8 @@ class MetaSetClassifier(NeuralNetClassifier):
     def predict_proba(self, X):
         """Class probabilities for X, columns in the order of ``classes_``."""
         self._check_fitted()
+        if _n_samples(X) == 0:  # skorch would fail inside with "need at least one array to concatenate"
+            raise ValueError(f"X has 0 samples: {type(self).__name__} predicts for at least one sample")
         return super().predict_proba(X)
 
     def predict(self, X):
@@ -1123,3 +1125,14 @@ def _global_rngs_untouched():
     finally:
         np.random.set_state(numpy_state)
         random.setstate(python_state)
+
+
+def _n_samples(X):
+    """Samples in a prediction input (array, DataFrame, tensor, dict of arrays, Dataset); None
+    when it cannot be told without reading it."""
+    try:
+        if isinstance(X, Mapping):
+            return len(next(iter(X.values()))) if X else 0
+        return len(X)
+    except TypeError:
+        return None

@@ -315,3 +315,11 @@ def test_partial_fit_on_chunks_of_other_sizes_keeps_counting_steps(data):
     assert clf.n_steps_ == 3
     clf.partial_fit(X[150:200], y[150:200], meta=mask[150:200])
     assert clf.n_steps_ == 4
+
+
+def test_predicting_for_no_sample_is_a_clear_error(data):
+    X, y, mask = data
+    clf = make_clf(max_epochs=1).fit(X, y, meta=mask)
+    for empty in (X[:0], X[:0].tolist(), torch.from_numpy(X[:0])):
+        with pytest.raises(ValueError, match="X has 0 samples"):
+            clf.predict(empty)
