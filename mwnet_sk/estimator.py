@@ -512,9 +512,17 @@ class MetaWeightClassifier(MetaSetClassifier):
             return int(self.warmup_epochs)
         return int(round(float(self.warmup_epochs) * self.max_epochs))  # any real, numpy's too
 
+    def _in_warmup(self) -> bool:
+        """Whether the current epoch (history[-1]) trains plainly: within the warm-up, and no
+        earlier epoch updated the weight net. A run resumed with a larger ``max_epochs`` (a
+        fractional warm-up grows with it) never falls back into warm-up once weighting began."""
+        if len(self.history) > self._warmup():
+            return False
+        return not any(np.isfinite(row.get("meta_loss", np.nan)) for row in self.history[:-1])
+
     def _step(self, x, y, batch, on_grad_computed):
         state = self.training_state_
-        warming_up = len(self.history) <= self._warmup()  # the current epoch is history[-1]
+        warming_up = self.epoch_in_warmup_
         update = not warming_up and state.meta_sampler is not None and state.n_steps % self.meta_interval == 0
         x_meta = y_meta = None
         if update:
@@ -534,6 +542,7 @@ class MetaWeightClassifier(MetaSetClassifier):
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
+        self.epoch_in_warmup_ = self._in_warmup()  # once per epoch, not per step
         if hasattr(self, "epoch_stats_"):
             self.epoch_stats_.zero_()
             self.meta_steps_in_epoch_ = 0
