@@ -81,7 +81,7 @@ class MetaSetClassifier(NeuralNetClassifier):
     # Fitted attributes that a fresh fit forgets.
     _fit_attributes = ("training_state_", "classes_inferred_", "input_shape_", "n_features_in_",
                        "feature_names_in_", "seed_", "pending_callback_states_", "train_prior_", "target_prior_",
-                       "train_counts_")
+                       "train_counts_", "meta_prior_")
 
     def __init__(
         self,
@@ -531,6 +531,9 @@ class MetaSetClassifier(NeuralNetClassifier):
                                    else np.asarray(previous, dtype=np.float64))
         self._count_training_rows(data.y_train, n_classes)
         _, self.target_prior_ = self._class_priors(data)
+        # kept so that target_prior can change after fit (set_params) without refitting
+        self.meta_prior_ = (None if data.y_meta is None
+                            else class_prior(np.bincount(data.y_meta, minlength=n_classes)))
         self.input_shape_ = data.sample_shape
         if isinstance(data.sample_shape, tuple) and len(data.sample_shape) == 1:
             self.n_features_in_ = data.sample_shape[0]
@@ -549,19 +552,44 @@ class MetaSetClassifier(NeuralNetClassifier):
         and those to predict for (see ``target_prior``)."""
         n_classes = len(data.classes)
         train = class_prior(np.bincount(data.y_train, minlength=n_classes))
-        target = self.target_prior
+        meta = None if data.y_meta is None else class_prior(np.bincount(data.y_meta, minlength=n_classes))
+        return train, self._resolve_target_prior(self.target_prior, train, meta)
+
+    def _resolve_target_prior(self, target, train, meta):
+        """The class frequencies to predict for: ``target_prior`` given the training and meta
+        frequencies ("meta" without a meta set predicts as trained)."""
+        n_classes, given = len(train), target
         if isinstance(target, str):
-            if target == "meta" and data.y_meta is not None:
-                return train, class_prior(np.bincount(data.y_meta, minlength=n_classes))
-            return train, train.copy()  # "train", or "meta" without a meta set: predict as trained
-        target = np.asarray(target, dtype=np.float64)
+            return meta.copy() if target == "meta" and meta is not None else np.asarray(train, dtype=np.float64).copy()
+        try:
+            target = np.asarray(target, dtype=np.float64)
+        except (TypeError, ValueError):
+            target = np.full(0, np.nan)
         if target.shape != (n_classes,) or not np.all(np.isfinite(target)) or np.any(target < 0) \
                 or not target.sum() > 0:
             raise ValueError(
                 f"target_prior must be 'meta', 'train', or one non-negative frequency per class "
-                f"({n_classes} values in the order of classes_, not all zero); got {self.target_prior!r}"
+                f"({n_classes} values in the order of classes_, not all zero); got {given!r}"
             )
-        return train, target / target.sum()
+        return target / target.sum()
+
+    def initialize_virtual_params(self):
+        super().initialize_virtual_params()
+        # target_prior set on a fitted estimator changes its predictions at once (no refit: the
+        # correction is applied to the logits at prediction)
+        self._register_virtual_param("target_prior", MetaSetClassifier._set_target_prior)
+
+    def _set_target_prior(self, _param, value):
+        train = getattr(self, "train_prior_", None)
+        if train is not None:
+            meta = getattr(self, "meta_prior_", None)
+            if isinstance(value, str) and value == "meta" and meta is None:
+                if not (isinstance(self.target_prior, str) and self.target_prior == "meta"):
+                    raise ValueError("this fit did not keep its meta set's class frequencies (meta_prior_): refit "
+                                     "with target_prior='meta'")
+                meta = self.target_prior_  # predicted for the meta set already
+            self.target_prior_ = self._resolve_target_prior(value, train, meta)
+        self.target_prior = value
 
     def _prior_logit_shift(self):
         """The per-class logit shift of predictions (a tensor on ``device``), None when there
@@ -760,6 +788,8 @@ class MetaSetClassifier(NeuralNetClassifier):
             # it does not train on, e.g. held out by train_split), not an earlier fit's
             state.sample_weights.fill_(float("nan"))
             state.sample_losses.fill_(float("nan"))
+            if getattr(self, "record_weights", False) != (state.weights_history is not None):  # set_params since
+                state.weights_history = torch.empty((0, state.n_rows)) if self.record_weights else None
         self.training_state_ = state
         device = torch.device(self.device)
         if self.data_on_device:
@@ -973,7 +1003,7 @@ class MetaSetClassifier(NeuralNetClassifier):
                 meta[name] = int(getattr(self, name))
         if getattr(self, "feature_names_in_", None) is not None:
             meta["feature_names_in_"] = [str(n) for n in self.feature_names_in_]
-        for name in ("train_prior_", "target_prior_", "train_counts_"):
+        for name in ("train_prior_", "target_prior_", "train_counts_", "meta_prior_"):
             if getattr(self, name, None) is not None:
                 meta[name] = [float(v) for v in getattr(self, name)]
         shape = getattr(self, "input_shape_", None)
@@ -993,7 +1023,7 @@ class MetaSetClassifier(NeuralNetClassifier):
                 setattr(self, name, int(meta[name]))
         if "feature_names_in_" in meta:
             self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
-        for name in ("train_prior_", "target_prior_", "train_counts_"):
+        for name in ("train_prior_", "target_prior_", "train_counts_", "meta_prior_"):
             if name in meta:
                 setattr(self, name, np.asarray(meta[name], dtype=np.float64))
         if "input_shape_" in meta:

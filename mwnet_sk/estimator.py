@@ -318,7 +318,10 @@ class MetaWeightClassifier(MetaSetClassifier):
         return callbacks[:-1] + [("weight_monitor", WeightMonitor())] + callbacks[-1:]
 
     def _meta_required(self) -> bool:
-        return not (isinstance(self.meta_lr, Real) and self.meta_lr == 0)
+        """Whether the weight net learns: its effective learning rate (a routed
+        ``meta_optimizer__lr`` overrides ``meta_lr``) is not 0."""
+        lr = self.get_params_for("meta_optimizer").get("lr", self.meta_lr)
+        return not (isinstance(lr, Real) and lr == 0)
 
     # ------------------------------------------------------------------ initialisation
     def initialize_module(self):
@@ -384,6 +387,9 @@ class MetaWeightClassifier(MetaSetClassifier):
             # the default's settings, as in the authors' 2019 scripts
             for key, value in _SGD_META_DEFAULTS.items():
                 mkwargs.setdefault(key, value)
+            if "nesterov" not in self.get_params_for("meta_optimizer") and (
+                    not mkwargs.get("momentum") or mkwargs.get("dampening", 0)):
+                mkwargs["nesterov"] = False  # Nesterov needs momentum and no dampening: routed ones win
         self.meta_optimizer_ = self.meta_optimizer(*margs, **mkwargs)
         return self
 
@@ -444,9 +450,16 @@ class MetaWeightClassifier(MetaSetClassifier):
 
     def _begin_training(self, data):
         fresh = getattr(self, "training_state_", None) is None
-        if fresh and callable(getattr(self.weight_net_, "set_class_counts", None)):
-            # a class-aware weight net groups the classes by their training sizes
+        unset = getattr(self.weight_net_, "class_groups", None) is not None and self.weight_net_.class_groups.numel() == 0
+        if (fresh or unset) and callable(getattr(self.weight_net_, "set_class_counts", None)):
+            # a class-aware weight net groups the classes by their training sizes (also one rebuilt by
+            # set_params(weight_net__...) between a fit and a partial_fit)
             self.weight_net_.set_class_counts(np.bincount(data.y_train, minlength=len(data.classes)))
+        if self._meta_required() and self.meta_optimizer_ is None:
+            raise ValueError(
+                "the weight net has no trainable parameters, so there is nothing to learn at meta_lr="
+                f"{self.meta_lr!r}; give it parameters, or keep meta_lr=0 to use it as a fixed weighting function"
+            )
         super()._begin_training(data)
         self.epoch_stats_ = torch.zeros(4, dtype=torch.float64, device=torch.device(self.device))
         self.meta_steps_in_epoch_ = 0

@@ -300,3 +300,26 @@ def test_fast_jvp_switch_gives_the_same_fit(small):
     fast = make_clf(max_epochs=1).fit(X, y, meta=mask)
     generic = make_clf(max_epochs=1, fast_jvp=False).fit(X, y, meta=mask)
     np.testing.assert_allclose(fast.sample_weights_, generic.sample_weights_, atol=1e-5)
+
+
+def test_option_changes_between_fits_take_effect_and_routed_meta_optimizer_settings_win():
+    from mwnet_sk.models import MLP
+
+    rng = np.random.RandomState(0)
+    X = rng.randn(200, 4).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    mask = np.zeros(200, bool)
+    mask[:20] = True
+
+    def make(**kw):
+        return MetaWeightClassifier(MLP, module__n_features=4, module__num_classes=2, max_epochs=1, verbose=0,
+                                    warmup_epochs=0, random_state=0, **kw)
+
+    clf = make().fit(X, y, meta=mask)
+    clf.set_params(record_weights=True, warm_start=True).fit(X, y, meta=mask)  # turned on between fits
+    assert clf.sample_weights_history_.shape == (1, 200)
+    # momentum 0 routed: the default's Nesterov gives way instead of torch refusing it
+    assert make(meta_optimizer__momentum=0).fit(X, y, meta=mask).meta_optimizer_.defaults["nesterov"] is False
+    # the weight net learns at its effective rate: a routed lr counts, not only meta_lr
+    routed = make(meta_lr=0, meta_optimizer__lr=0.1).fit(X, y, meta=mask)
+    assert np.isfinite(routed.history[-1, "meta_loss"])

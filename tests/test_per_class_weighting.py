@@ -151,3 +151,18 @@ def test_weight_function_refuses_class_indices_outside_the_classes_and_reversed_
             f(np.array([0.5, 1.0]), bad)
     with pytest.raises(ValueError, match="low <= high"):
         f.profile(2.0, 1.0)
+
+
+def test_a_weight_net_rebuilt_between_fit_and_partial_fit_gets_its_classes():
+    from mwnet_sk.models import MLP
+
+    rng = np.random.RandomState(0)
+    X = rng.randn(240, 4).astype(np.float32)
+    y = rng.randint(0, 3, 240)
+    mask = np.zeros(240, bool)
+    mask[:30] = True
+    clf = MetaWeightClassifier(MLP, module__n_features=4, module__num_classes=3, max_epochs=1, verbose=0,
+                               warmup_epochs=0, random_state=0).fit(X, y, meta=mask)
+    clf.set_params(weight_net__hidden_size=11)  # a new PerClassWeightNet, without class groups
+    clf.partial_fit(X, y, meta=mask)
+    assert clf.weight_net_.class_groups.tolist() == [0, 1, 2]

@@ -199,3 +199,17 @@ def test_meta_scoring_keeps_the_best_epoch_of_the_current_fit_and_rows_start_unw
 
 def test_plain_counterpart_trains_on_every_labelled_row():
     assert plain_counterpart(_net(train_on_meta=False)).train_on_meta is True
+
+
+def test_target_prior_set_after_fit_applies_at_once_and_bad_ones_fail():
+    X, y, meta, X_test, _ = _long_tail()
+    clf = _net(target_prior="train").fit(X, y, meta=meta)
+    raw = clf.predict_proba(X_test)
+    clf.set_params(target_prior="meta")
+    np.testing.assert_allclose(clf.target_prior_, clf.meta_prior_)
+    shifted = _softmax(np.log(raw) + logit_shift(clf.train_prior_, clf.meta_prior_))
+    np.testing.assert_allclose(clf.predict_proba(X_test), shifted, atol=1e-5)
+    for bad in ([1.0, 2.0], {"a": 1.0}):
+        with pytest.raises(ValueError, match="target_prior must be 'meta', 'train', or one non-negative frequency"):
+            clf.set_params(target_prior=bad)
+    assert clf.target_prior == "meta"  # a refused value changes nothing
