@@ -4,7 +4,8 @@ Step by step with the public API:
 
 1. the data: the 1M noisily labelled training images, 500 clean images per class of the clean
    validation split as the meta set (the paper's "7k clean data"), the clean test split;
-   torch Datasets that decode the JPEGs (resize 256, crop 224, normalise) in DataLoader workers;
+   torch Datasets that decode the JPEGs in DataLoader workers with the paper's preprocessing
+   (resize to 256x256, crop the middle 224x224, normalise; no random augmentation);
 2. the estimator: an ImageNet-pretrained ResNet-50, SGD with learning rate 0.01 (÷10 after 5 of 10
    epochs), weight decay 1e-3, batch size 32, the weight net trained as in the authors' 2019
    noisy-label script (the ``mwnet-2019-noise`` preset);
@@ -32,7 +33,7 @@ from torch.utils.data import Subset
 from torchvision import transforms as T
 
 from mwnet_sk import MetaWeightClassifier
-from mwnet_sk.datasets import CLOTHING1M_MEAN, CLOTHING1M_STD, Clothing1M, clothing1m_train_transform
+from mwnet_sk.datasets import CLOTHING1M_MEAN, CLOTHING1M_STD, Clothing1M, clothing1m_paper_transform
 from mwnet_sk.models import SmallCNN, resnet50
 from mwnet_sk.noise import meta_mask
 from mwnet_sk.plotting import plot_weight_function
@@ -52,15 +53,14 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         # 1. the data
         root = write_tiny_clothing1m(tmp) if args.smoke else args.root
-        if args.smoke:  # 32-pixel crops of the tiny images instead of 224 of the real ones
+        if args.smoke:  # the same recipe scaled to the tiny images: 36x36, the middle 32x32
             norm = [T.ToTensor(), T.Normalize(CLOTHING1M_MEAN, CLOTHING1M_STD)]
-            train_tf = T.Compose([T.Resize(36), T.RandomCrop(32), T.RandomHorizontalFlip(), *norm])
-            test_tf = T.Compose([T.Resize(36), T.CenterCrop(32), *norm])
-        else:
-            train_tf, test_tf = "default", "default"
-        train = Clothing1M(root, "noisy_train", transform=train_tf)
-        val = Clothing1M(root, "clean_val", transform=clothing1m_train_transform() if not args.smoke else train_tf)
-        test = Clothing1M(root, "clean_test", transform=test_tf)
+            transform = T.Compose([T.Resize((36, 36)), T.CenterCrop(32), *norm])
+        else:  # the paper (Sec. 4.3), for training, meta and test images alike
+            transform = clothing1m_paper_transform()
+        train = Clothing1M(root, "noisy_train", transform=transform)
+        val = Clothing1M(root, "clean_val", transform=transform)
+        test = Clothing1M(root, "clean_test", transform=transform)
         meta = Subset(val, np.flatnonzero(meta_mask(val.targets, n_meta_per_class=2 if args.smoke else 500,
                                                     random_state=0)).tolist())  # fmt: skip
         print(f"{len(train)} noisy training images, {len(meta)} clean meta images, {len(test)} clean test images")

@@ -75,7 +75,8 @@ class MetaWeightClassifier(MetaSetClassifier):
         (Nesterov) and weight decay 5e-4 unless you route other values (the authors' 2019
         scripts); any other optimizer gets only what you pass.
     meta_batch_size : int or None, default=None
-        Meta batch size m; None means ``batch_size``.
+        Meta batch size m; None means ``batch_size``, -1 the whole meta set. A size larger
+        than the meta set is capped at the meta set's size.
     weight_net : torch.nn.Module class or instance, or WeightFunction, default=PerClassWeightNet
         The weighting function; ``weight_net__hidden_size`` etc. route to it.
         :class:`~mwnet_sk.core.weight_net.PerClassWeightNet` reads the loss and the given label
@@ -98,7 +99,8 @@ class MetaWeightClassifier(MetaSetClassifier):
         step with the current weights). 1 is the paper.
     warmup_epochs : int or float, default=0.2
         Train plainly (every weight 1, the weight net untouched) for this many epochs first; a
-        float in [0, 1) is a fraction of ``max_epochs``. 0 is the paper.
+        float in [0, 1) is a fraction of ``max_epochs``. 0 is the paper. A run resumed with a
+        larger ``max_epochs`` keeps weighting once it has begun (the warm-up never comes back).
     meta_params : "all", "last" or list of str, default="all"
         Parameters that take the virtual step. ``"last"`` restricts the virtual step and the
         meta-gradient to the last layer (a FaMUS-like approximation); "all" is the paper.
@@ -161,9 +163,11 @@ class MetaWeightClassifier(MetaSetClassifier):
         balanced predictions); without a meta set, as ``"train"``. ``"train"``: the
         training rows' frequencies, i.e. the network's own probabilities (the paper). An
         array: known frequencies, one per class in the order of ``classes_``. The shift
-        applies to predictions only; training, the losses and ``forward`` are unchanged. If
-        your meta set's class mix is not that of the data you predict on (e.g. a balanced meta
-        set for naturally imbalanced data), pass the real frequencies or ``"train"``.
+        applies to predictions only; training, the losses and ``forward`` are unchanged, so
+        ``set_params(target_prior=...)`` on a fitted estimator changes its predictions at once,
+        without refitting. If your meta set's class mix is not that of the data you predict on
+        (e.g. a balanced meta set for naturally imbalanced data), pass the real frequencies or
+        ``"train"``.
     iterator_meta__num_workers : int, optional
         For a meta set given as a torch Dataset: DataLoader worker processes that load and
         prefetch meta batches (ended when ``fit`` ends). Any other DataLoader option routes

@@ -63,7 +63,8 @@ def meta_mask(
     """Boolean mask selecting a class-balanced meta set among the rows of ``y``.
 
     This is the selection used by :func:`train_meta_split`, in the form the estimator's
-    ``fit(X, y, meta=mask)`` accepts (masked rows are the meta set and are not trained on).
+    ``fit(X, y, meta=mask)`` accepts (masked rows are the meta set; they are trained on too
+    unless ``train_on_meta=False``).
 
     Parameters
     ----------
