@@ -419,6 +419,9 @@ def test_select_parameter_names():
         select_parameter_names(model, ["nope"])
     with pytest.raises(ValueError, match="'all', 'last'"):
         select_parameter_names(model, "first")
+    for bad in (3, [1, 2]):  # not names: the same message, not a raw TypeError
+        with pytest.raises(ValueError, match="'all', 'last' or a list of parameter names"):
+            select_parameter_names(model, bad)
 
 
 # --------------------------------------------------------------------------- class-aware weighting

@@ -33,7 +33,12 @@ def select_parameter_names(module: nn.Module, meta_params) -> list[str]:
         return [canonical[id(p)] for p in module.get_submodule(owner).parameters(recurse=False) if p.requires_grad]
     if isinstance(meta_params, str):
         raise ValueError(f"meta_params must be 'all', 'last' or a list of parameter names, got {meta_params!r}")
-    names = list(meta_params)
+    try:
+        names = list(meta_params)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"meta_params must be 'all', 'last' or a list of parameter names, got {meta_params!r}")
     if not names:
         raise ValueError("meta_params is an empty list")
     unknown = [n for n in names if n not in trainable]

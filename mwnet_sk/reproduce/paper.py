@@ -332,7 +332,10 @@ def _build_registry() -> dict[str, Experiment]:
                 name=name, table=table, dataset=ds, corruption=corruption, model=TABLES[table].model,
                 epochs=epochs, milestones=milestones, protocol="mwnet-2019-noise",
                 noise_rate=pct / 100, meta_size=1000, paper=dict(zip(TABLES[table].methods, values)),
-                notes="A meta batch of 100 (the batch size) follows the official code.",
+                notes="A meta batch of 100 (the batch size) follows the official code." + (
+                    " Each seed draws its own pair of target classes per class, as the paper says (different "
+                    "seeds for label noise generation); the official script fixes them with seed 1 for every "
+                    "run." if table == 3 else ""),
             )  # fmt: skip
     reg["clothing1m"] = Experiment(
         name="clothing1m", table=4, dataset="clothing1m", corruption="real", model="resnet50",
