@@ -47,7 +47,7 @@ from ._distributed import global_batch_norm, join_launched_group, shard_slicer
 from ._state import TrainingState
 from .callbacks import FinitePassthroughScoring
 from ._validation import check_classes, check_sample_shape, validate_params
-from .core.bilevel import PRECISIONS, NonFiniteError
+from .core.bilevel import PRECISIONS, NonFiniteError, _n_items
 from .core.prior import class_prior, logit_shift
 
 __all__ = ["MetaSetClassifier", "TrainingDivergedError"]
@@ -312,7 +312,7 @@ class MetaSetClassifier(NeuralNetClassifier):
         )
         if not fresh:
             check_sample_shape(data.sample_shape, getattr(self, "input_shape_", None), type(self).__name__)
-        self._class_priors(data)  # a bad target_prior fails before anything is built
+        self._resolve_target_prior(self.target_prior, *self._class_frequencies(data))  # a bad one fails early
         return data
 
     def get_dataset(self, X, y=None):
@@ -528,12 +528,10 @@ class MetaSetClassifier(NeuralNetClassifier):
         previous = None if fresh else getattr(self, "train_counts_", None)
         n_classes = len(data.classes)
         self.train_counts_before_ = (np.zeros(n_classes) if previous is None or len(previous) != n_classes
-                                   else np.asarray(previous, dtype=np.float64))
-        self._count_training_rows(data.y_train, n_classes)
-        _, self.target_prior_ = self._class_priors(data)
+                                     else np.asarray(previous, dtype=np.float64))
         # kept so that target_prior can change after fit (set_params) without refitting
-        self.meta_prior_ = (None if data.y_meta is None
-                            else class_prior(np.bincount(data.y_meta, minlength=n_classes)))
+        _, self.meta_prior_ = self._class_frequencies(data)
+        self._count_training_rows(data.y_train, n_classes)
         self.input_shape_ = data.sample_shape
         if isinstance(data.sample_shape, tuple) and len(data.sample_shape) == 1:
             self.n_features_in_ = data.sample_shape[0]
@@ -543,17 +541,18 @@ class MetaSetClassifier(NeuralNetClassifier):
             vars(self).pop("feature_names_in_", None)
 
     def _count_training_rows(self, codes, n_classes):
-        """train_counts_ (earlier fits' rows plus these) and train_prior_ from them."""
+        """train_counts_ (earlier fits' rows plus these), train_prior_ from them, and the
+        target_prior_ that goes with it."""
         self.train_counts_ = self.train_counts_before_ + np.bincount(np.asarray(codes), minlength=n_classes)
         self.train_prior_ = class_prior(self.train_counts_)
+        self.target_prior_ = self._resolve_target_prior(self.target_prior, self.train_prior_, self.meta_prior_)
 
-    def _class_priors(self, data):
-        """(train_prior_, target_prior_) of a fit: the class frequencies of the rows trained on
-        and those to predict for (see ``target_prior``)."""
+    @staticmethod
+    def _class_frequencies(data):
+        """(training rows', meta rows') class frequencies of one fit's data (meta: None without)."""
         n_classes = len(data.classes)
-        train = class_prior(np.bincount(data.y_train, minlength=n_classes))
         meta = None if data.y_meta is None else class_prior(np.bincount(data.y_meta, minlength=n_classes))
-        return train, self._resolve_target_prior(self.target_prior, train, meta)
+        return class_prior(np.bincount(data.y_train, minlength=n_classes)), meta
 
     def _resolve_target_prior(self, target, train, meta):
         """The class frequencies to predict for: ``target_prior`` given the training and meta
@@ -1161,8 +1160,6 @@ def _n_samples(X):
     """Samples in a prediction input (array, DataFrame, tensor, dict of arrays, Dataset); None
     when it cannot be told without reading it."""
     try:
-        if isinstance(X, Mapping):
-            return len(next(iter(X.values()))) if X else 0
-        return len(X)
-    except TypeError:
+        return _n_items(X)
+    except (TypeError, StopIteration):
         return None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -69,10 +68,6 @@ def _n_classes(dataset: str, label_key: str) -> int:
     if dataset == "cifar10":
         return 10
     return 20 if "coarse" in label_key else 100
-
-
-def _as_labels(value: Any, key: str, path: Path, n_classes: int) -> np.ndarray:
-    return integer_labels(value, f"{path}, entry {key!r}", n_classes)
 
 
 def load_cifar_n(
@@ -145,12 +140,12 @@ def load_cifar_n(
         raise ValueError(
             f"{file}: unknown label_key {label_key!r}; available keys: {sorted(obj)}."
         )
-    labels = _as_labels(obj[label_key], label_key, file, _n_classes(key, label_key))
+    labels = integer_labels(obj[label_key], f"{file}, entry {label_key!r}", _n_classes(key, label_key))
     if not return_clean:
         return labels
     if "clean_label" not in obj:
         raise ValueError(f"{file}: no 'clean_label' entry; available keys: {sorted(obj)}.")
-    clean = _as_labels(obj["clean_label"], "clean_label", file, _n_classes(key, "clean_label"))
+    clean = integer_labels(obj["clean_label"], f"{file}, entry 'clean_label'", _n_classes(key, "clean_label"))
     if clean.shape != labels.shape:
         raise ValueError(
             f"{file}: {label_key!r} has {labels.shape[0]} labels but 'clean_label' has "
