@@ -425,7 +425,7 @@ def test_select_parameter_names():
 
 
 # --------------------------------------------------------------------------- class-aware weighting
-@pytest.mark.parametrize("kind", ["size-groups", "class-groups", "per-class-net"])
+@pytest.mark.parametrize("kind", ["size-groups", "class-groups", "per-class-net", "per-class-net-scaled"])
 @pytest.mark.parametrize("normalize", [False, True])
 def test_class_aware_weight_net_exact_equals_unrolled(normalize, kind):
     from mwnet_sk import ClassAwareWeightNet, PerClassWeightNet
@@ -433,6 +433,8 @@ def test_class_aware_weight_net_exact_equals_unrolled(normalize, kind):
     def make():
         if kind == "per-class-net":  # the default: a shared curve plus a correction per class
             return PerClassWeightNet(hidden_size=6).double()
+        if kind == "per-class-net-scaled":  # reading loss / 0.25
+            return PerClassWeightNet(hidden_size=6, loss_scale=0.25).double()
         # one head per class, or classes 0, 1 common; 2, 3 rare
         return ClassAwareWeightNet(n_groups=None if kind == "class-groups" else 2, hidden_size=6).double()
 

@@ -166,3 +166,53 @@ def test_a_weight_net_rebuilt_between_fit_and_partial_fit_gets_its_classes():
     clf.set_params(weight_net__hidden_size=11)  # a new PerClassWeightNet, without class groups
     clf.partial_fit(X, y, meta=mask)
     assert clf.weight_net_.class_groups.tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("make", [lambda **kw: WeightNet(4, **kw), lambda **kw: PerClassWeightNet(4, **kw),
+                                  lambda **kw: ClassAwareWeightNet(2, 4, **kw)])
+def test_loss_scale_divides_the_input_and_1_is_the_raw_loss_bit_for_bit(make):
+    losses = torch.tensor([[0.0], [0.013], [0.7], [2.5]])
+    labels = torch.tensor([0, 1, 0, 1])
+
+    def weights(net, x):
+        if getattr(net, "uses_labels", False):
+            net.set_class_counts([30, 3])
+            return net(x, labels)
+        return net(x)
+
+    torch.manual_seed(0)
+    raw = make()
+    torch.manual_seed(0)
+    scaled = make(loss_scale=0.1)
+    assert raw.loss_scale == 1.0 and scaled.loss_scale == 0.1
+    torch.testing.assert_close(weights(scaled, losses), weights(raw, losses * 10.0))
+    # 1.0 changes nothing: the paper's net, as it was before the option existed
+    hidden = raw._features(losses) if hasattr(raw, "_features") else raw.relu(raw.hidden(losses))
+    assert torch.equal(hidden, raw.relu(raw.hidden(losses)))
+    # a net pickled before the option existed reads the raw loss
+    del raw.__dict__["loss_scale"]
+    old = pickle.loads(pickle.dumps(raw))
+    assert old.loss_scale == 1.0
+    assert torch.equal(weights(old, losses), weights(raw, losses))
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), "big", True, None])
+def test_loss_scale_must_be_positive_and_finite(bad):
+    for cls in (WeightNet, PerClassWeightNet):
+        with pytest.raises(ValueError, match="loss_scale must be a positive, finite number"):
+            cls(loss_scale=bad)
+
+
+def test_loss_scale_routes_through_the_estimator_and_reaches_the_weighting_function():
+    X = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    y = np.arange(60) % 3
+    clf = MetaWeightClassifier(
+        torch.nn.Linear, module__in_features=3, module__out_features=3, max_epochs=2, batch_size=20,
+        warmup_epochs=0, weight_net__loss_scale=0.1, random_state=0, verbose=0,
+    ).fit(X, y, meta=np.arange(60) < 15)
+    assert clf.weight_net_.loss_scale == 0.1
+    assert clf.weight_function_.weight_net.loss_scale == 0.1
+    # a routed setting like any other (clone, GridSearchCV, the checkpoint's settings read get_params)
+    assert clf.get_params()["weight_net__loss_scale"] == 0.1
+    with pytest.raises(ValueError, match="loss_scale"):
+        clf.set_params(weight_net__loss_scale=0).fit(X, y, meta=np.arange(60) < 15)

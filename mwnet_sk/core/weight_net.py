@@ -115,6 +115,12 @@ class WeightNet(nn.Module):
     ----------
     hidden_size : int, default=100
         Width of the hidden layer (100 in the paper).
+    loss_scale : float, default=1.0
+        The net reads ``loss / loss_scale``: the scale of losses over which the freshly
+        initialised hidden layer varies (its units bend at inputs of order 1). 1 is the
+        paper's raw loss; a smaller value resolves small losses (e.g. a network that fits
+        almost every row), a larger one large losses (many classes). The robustness study
+        (docs/user-guide/choosing-a-method.md) measured 0.1 and 10 against 1.
 
     Examples
     --------
@@ -124,18 +130,34 @@ class WeightNet(nn.Module):
     torch.Size([2, 1])
     """
 
-    def __init__(self, hidden_size: int = 100):
+    #: read by nets pickled before ``loss_scale`` existed: the raw loss
+    loss_scale = 1.0
+
+    def __init__(self, hidden_size: int = 100, loss_scale: float = 1.0):
         super().__init__()
         if int(hidden_size) < 1:
             raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}")
         self.hidden_size = int(hidden_size)
+        self.loss_scale = _check_loss_scale(loss_scale)
         self.hidden = nn.Linear(1, self.hidden_size)
         self.relu = nn.ReLU(inplace=False)
         self.output = nn.Linear(self.hidden_size, 1)
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
         """Weights for ``losses`` of shape ``(n, 1)``; returns shape ``(n, 1)`` in [0, 1]."""
-        return torch.sigmoid(self.output(self.relu(self.hidden(losses))))
+        return torch.sigmoid(self.output(self.relu(self.hidden(losses / self.loss_scale))))
+
+
+def _check_loss_scale(loss_scale) -> float:
+    """A positive, finite float; a division by 1.0 leaves every loss bit for bit as it was."""
+    try:
+        value = float(loss_scale)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(loss_scale, bool) or not (np.isfinite(value) and value > 0):
+        raise ValueError(f"loss_scale must be a positive, finite number (1.0 reads the raw loss, as the "
+                         f"paper), got {loss_scale!r}")
+    return value
 
 
 def size_groups(class_counts, n_groups: int = 3) -> np.ndarray:
@@ -185,6 +207,8 @@ class ClassAwareWeightNet(nn.Module):
         Number of class-size groups (3 in CMW-Net); None for one group per class.
     hidden_size : int, default=100
         Width of the shared hidden layer.
+    loss_scale : float, default=1.0
+        The net reads ``loss / loss_scale`` (see :class:`WeightNet`).
 
     Attributes
     ----------
@@ -204,14 +228,17 @@ class ClassAwareWeightNet(nn.Module):
     """
 
     uses_labels = True
+    #: read by nets pickled before ``loss_scale`` existed: the raw loss
+    loss_scale = 1.0
 
-    def __init__(self, n_groups: int | None = 3, hidden_size: int = 100):
+    def __init__(self, n_groups: int | None = 3, hidden_size: int = 100, loss_scale: float = 1.0):
         super().__init__()
         if (n_groups is not None and int(n_groups) < 1) or int(hidden_size) < 1:
             raise ValueError(f"n_groups (None or a positive integer) and hidden_size must be positive integers, "
                              f"got {n_groups!r}, {hidden_size!r}")
         self.n_groups = None if n_groups is None else int(n_groups)
         self.hidden_size = int(hidden_size)
+        self.loss_scale = _check_loss_scale(loss_scale)
         self.hidden = nn.Linear(1, self.hidden_size)
         self.relu = nn.ReLU(inplace=False)
         # one group per class: one head until the classes are known (set_class_counts)
@@ -269,7 +296,11 @@ class ClassAwareWeightNet(nn.Module):
 
     def forward(self, losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Weights for ``losses`` of shape ``(n, 1)`` and class indices ``labels`` of shape ``(n,)``."""
-        return torch.sigmoid(self._group_outputs(self.relu(self.hidden(losses)), labels))
+        return torch.sigmoid(self._group_outputs(self._features(losses), labels))
+
+    def _features(self, losses: torch.Tensor) -> torch.Tensor:
+        """The shared hidden layer's output, ``ReLU(Linear(loss / loss_scale))``."""
+        return self.relu(self.hidden(losses / self.loss_scale))
 
     def _group_outputs(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Each sample's own group head applied to its hidden features, shape ``(n, 1)``."""
@@ -301,6 +332,8 @@ class PerClassWeightNet(ClassAwareWeightNet):
     ----------
     hidden_size : int, default=100
         Width of the shared hidden layer.
+    loss_scale : float, default=1.0
+        The net reads ``loss / loss_scale`` (see :class:`WeightNet`).
 
     Attributes
     ----------
@@ -319,8 +352,8 @@ class PerClassWeightNet(ClassAwareWeightNet):
     torch.Size([2, 1])
     """
 
-    def __init__(self, hidden_size: int = 100):
-        super().__init__(n_groups=None, hidden_size=hidden_size)
+    def __init__(self, hidden_size: int = 100, loss_scale: float = 1.0):
+        super().__init__(n_groups=None, hidden_size=hidden_size, loss_scale=loss_scale)
         self.output = nn.Linear(self.hidden_size, 1)
         with torch.no_grad():  # the per-class corrections start at zero
             self.heads.weight.zero_()
@@ -328,7 +361,7 @@ class PerClassWeightNet(ClassAwareWeightNet):
 
     def forward(self, losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Weights for ``losses`` of shape ``(n, 1)`` and class indices ``labels`` of shape ``(n,)``."""
-        hidden = self.relu(self.hidden(losses))
+        hidden = self._features(losses)
         return torch.sigmoid(self.output(hidden) + self._group_outputs(hidden, labels))
 
 
