@@ -27,7 +27,10 @@ variants (``paper``: Eq. 1 weighting, meta set held out, Adam 1e-3, no warm-up, 
 own probabilities, i.e. the library's defaults before this study; the presets contribute their
 weighting and prediction settings only, the classifier's recipe stays the study's; ``adam``,
 ``adam-warmup``, ``sgd``, ``loss-only`` (the paper's loss-only ``WeightNet`` instead of the
-default ``PerClassWeightNet``): one knob at a time
+default ``PerClassWeightNet``), ``loss-scale-0.1`` and ``loss-scale-10`` (the weight net's
+input scaling: it reads ``loss / loss_scale`` instead of the raw loss), ``meta-batch-20`` and
+``meta-batch-50`` (meta batches of 20 and 50 rows instead of the training batch size, 100,
+which is the whole meta set of 10 rows per class): one knob at a time
 away from the defaults) and, when installed, peers: ``cleanlab`` (cleanlab's
 ``CleanLearning`` around the plain network, trained on every labelled row) and ``oversample``
 (imbalanced-learn's ``RandomOverSampler`` before plain training; long tails only). A linear
@@ -90,12 +93,12 @@ EXTRA = ("digits-uniform-meta5", "digits-uniform-meta20", "digits-flip-meta5")
 METHODS = ("plain", "plain-prior", "plain-reseed", "selected", "mwnet", "loss-only", "mwnet-keepbest",
            "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020", "paper", "adam", "adam-warmup", "sgd",
            "class-aware", "transfer", "transfer-per-class", "cleanlab", "oversample", "plain-lr", "refit-lr",
-           "cleanlab-lr")
+           "cleanlab-lr", "loss-scale-0.1", "loss-scale-10", "meta-batch-20", "meta-batch-50")
 # ``paper`` is left out by default: with the study's classifier recipe it is ``mwnet-2020``.
 DEFAULT_METHODS = ("plain", "plain-prior", "plain-reseed", "selected", "mwnet", "loss-only", "mwnet-keepbest",
                    "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020", "adam-warmup", "class-aware",
                    "transfer", "transfer-per-class", "cleanlab", "oversample", "plain-lr", "refit-lr",
-                   "cleanlab-lr")
+                   "cleanlab-lr", "loss-scale-0.1", "loss-scale-10", "meta-batch-20", "meta-batch-50")
 # one knob at a time away from the library's defaults
 KNOBS = {
     "paper": {"weight_net": "WeightNet", "normalize_weights": False, "train_on_meta": False, "warmup_epochs": 0,
@@ -105,6 +108,10 @@ KNOBS = {
     "adam-warmup": {"meta_optimizer": "adam", "meta_lr": 1e-3, "meta_optimizer__weight_decay": 1e-4},
     "sgd": {"warmup_epochs": 0},
     "loss-only": {"weight_net": "WeightNet"},
+    "loss-scale-0.1": {"weight_net__loss_scale": 0.1},
+    "loss-scale-10": {"weight_net__loss_scale": 10.0},
+    "meta-batch-20": {"meta_batch_size": 20},
+    "meta-batch-50": {"meta_batch_size": 50},
 }
 
 

@@ -24,3 +24,23 @@ def test_smoke_run_writes_results_and_a_summary(tmp_path):
     again = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0 and len(out.read_text().splitlines()) == len(rows)
+
+
+def test_the_input_scaling_and_meta_batch_knobs_reach_the_estimator(monkeypatch):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import robustness_study as study
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    seen = []
+    fit = study.mwnet_sk.MetaWeightClassifier.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append((self.get_params()["meta_batch_size"], self.get_params().get("weight_net__loss_scale")))
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(study.mwnet_sk.MetaWeightClassifier, "fit", spy)
+    for method in ("loss-scale-0.1", "meta-batch-20"):
+        record = study.run_one("digits-longtail", 0, method, 2)
+        assert {"trend", "spread", "accuracy"} <= set(record)
+    assert seen == [(None, 0.1), (20, None)]
