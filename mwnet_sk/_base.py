@@ -681,6 +681,7 @@ class MetaSetClassifier(NeuralNetClassifier):
             if state.resume_pending:
                 epochs = max(self.max_epochs - len(self.history), 0)
         state.resume_pending = False
+        state.epochs_planned = int(epochs)
         fit_params = self._cut_fit_params(fit_params)
         from sklearn.utils.metadata_routing import _routing_enabled, process_routing
 

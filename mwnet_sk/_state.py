@@ -46,6 +46,8 @@ class TrainingState:
     resume_pending : bool
         Set by a checkpoint restore: the next fit trains only the epochs missing to
         ``max_epochs``.
+    epochs_planned : int or None
+        The epochs the running call to fit trains (what a progress report counts to).
     train_generator, meta_sampler : live only during fit (their positions persist).
     """
 
@@ -58,6 +60,7 @@ class TrainingState:
         self.sample_losses = torch.full((self.n_samples,), float("nan"))
         self.weights_history = torch.empty((0, self.n_rows)) if record_weights else None
         self.resume_pending = False
+        self.epochs_planned = None
         # Positions of the two random streams; generators are built from them in start().
         self.train_rng = torch.Generator().manual_seed(self.seed + 1).get_state()
         self.meta_position = None

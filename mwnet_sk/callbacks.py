@@ -942,6 +942,7 @@ class EpochProgress(Callback):
         self.stream_ = stream
         self.start_ = time.perf_counter()
         self.done_ = 0  # epochs of this call to fit
+        self.offset_ = 0  # epochs in the history before them (a resumed run's)
         self.total_ = int(net.max_epochs)
         self.interactive_ = bool(getattr(stream, "isatty", lambda: False)())
         self.bar_ = None
@@ -949,11 +950,27 @@ class EpochProgress(Callback):
             self.bar_ = tqdm(total=self.total_, desc=self.desc, unit="epoch", file=stream, leave=False,
                              dynamic_ncols=True)  # fmt: skip
 
+    def _count_from_the_history(self, net):
+        """At the first epoch's end, number the epochs as the history does: a run resumed from
+        a checkpoint (restored in ``on_train_begin``, maybe after this callback's) goes on
+        from its epoch to ``max_epochs``, not from 1."""
+        planned = getattr(getattr(net, "training_state_", None), "epochs_planned", None)
+        if planned is None:  # a plain skorch net: max_epochs from 1
+            return
+        self.offset_ = len(net.history) - 1
+        self.total_ = self.offset_ + int(planned)
+        if self.bar_ is not None and self.offset_:
+            # no epoch of the offset was timed here: start the rate after them
+            self.bar_.total, self.bar_.initial = self.total_, self.offset_
+            self.bar_.n = self.bar_.last_print_n = self.offset_
+
     def on_epoch_end(self, net, **kwargs):
         if self.disable:
             return
         from tqdm import tqdm
 
+        if self.done_ == 0:
+            self._count_from_the_history(net)
         row = net.history[-1]
         postfix = ", ".join(f"{k}={row[k]:.3f}" for k in _PROGRESS_SHOWN if k in row)
         self.done_ += 1
@@ -961,8 +978,9 @@ class EpochProgress(Callback):
             self.bar_.set_postfix_str(postfix, refresh=False)
             self.bar_.update(1)
             return
-        line = tqdm.format_meter(self.done_, self.total_, time.perf_counter() - self.start_, prefix=self.desc,
-                                 unit="epoch", postfix=postfix or None, bar_format=_PROGRESS_LINE)  # fmt: skip
+        line = tqdm.format_meter(self.offset_ + self.done_, self.total_, time.perf_counter() - self.start_,
+                                 prefix=self.desc, unit="epoch", postfix=postfix or None, bar_format=_PROGRESS_LINE,
+                                 initial=self.offset_)  # fmt: skip
         print(line, file=self.stream_, flush=True)
 
     def on_train_end(self, net, **kwargs):

@@ -307,3 +307,40 @@ def test_clothing1m_run_uses_the_papers_preprocessing(tmp_path):
         first, again = ds[0][0], ds[0][0]
         assert first.shape == (3, 224, 224) and torch.equal(first, again)  # no random crop or flip
     assert "Resize(size=(256, 256)" in repr(data.X_train.transform)
+
+
+@pytest.mark.parametrize("interactive", [False, True])
+def test_progress_of_a_resumed_run_counts_on_from_the_checkpoint(tmp_path, interactive):
+    from mwnet_sk import MetaWeightClassifier
+    from mwnet_sk.callbacks import Checkpoint, LoadInitState
+    from mwnet_sk.models import MLP
+
+    rng = np.random.RandomState(0)
+    X, y = rng.normal(size=(40, 4)).astype(np.float32), np.arange(40) % 2
+
+    def run(max_epochs, log):
+        cp = Checkpoint(dirname=str(tmp_path))
+        progress = EpochProgress("MW-Net", file=log)
+        clf = MetaWeightClassifier(MLP, module__n_features=4, module__num_classes=2, max_epochs=max_epochs,
+                                   batch_size=20, verbose=0, random_state=0,
+                                   callbacks=[progress, cp, LoadInitState(cp)])  # progress before the restore
+        return clf.fit(X, y, meta=np.arange(40) < 6), progress
+
+    first = _Log()
+    run(2, first)
+    assert [line.split(" [")[0] for line in first.getvalue().splitlines()] == ["MW-Net: epoch 1/2", "MW-Net: epoch 2/2"]
+    log = _Log()
+    if interactive:
+        log.isatty = lambda: True
+    clf, progress = run(5, log)  # resumes at epoch 3 of 5
+    assert len(clf.history) == 5 and (progress.offset_, progress.done_, progress.total_) == (2, 3, 5)
+    if interactive:  # the bar went on from 2 of 5
+        assert "5/5" in log.getvalue()  # it stopped at 3/5 when it counted from 1
+    else:
+        lines = [line.split(" [")[0] for line in log.getvalue().splitlines()]
+        assert lines == ["MW-Net: epoch 3/5", "MW-Net: epoch 4/5", "MW-Net: epoch 5/5"]
+    # partial_fit trains max_epochs more: numbered as the history numbers them
+    log2 = _Log()
+    clf.set_params(callbacks__EpochProgress__file=log2, callbacks__LoadInitState__resume=False)
+    clf.partial_fit(X, y, meta=np.arange(40) < 6)
+    assert log2.getvalue().splitlines()[0].startswith("MW-Net: epoch 6/10")
