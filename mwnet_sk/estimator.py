@@ -78,7 +78,8 @@ class MetaWeightClassifier(MetaSetClassifier):
         Meta batch size m; None means ``batch_size``, -1 the whole meta set. A size larger
         than the meta set is capped at the meta set's size.
     weight_net : torch.nn.Module class or instance, or WeightFunction, default=PerClassWeightNet
-        The weighting function; ``weight_net__hidden_size`` etc. route to it.
+        The weighting function; ``weight_net__hidden_size``, ``weight_net__loss_scale`` (the net
+        reads ``loss / loss_scale``; 1, the raw loss, as the paper) etc. route to it.
         :class:`~mwnet_sk.core.weight_net.PerClassWeightNet` reads the loss and the given label
         (the paper's curve plus a per-class correction); ``WeightNet`` is the paper's 1-100-1
         MLP of the loss alone. A custom module
