@@ -26,8 +26,11 @@ also train on), the authors' presets
 variants (``paper``: Eq. 1 weighting, meta set held out, Adam 1e-3, no warm-up, the network's
 own probabilities, i.e. the library's defaults before this study; the presets contribute their
 weighting and prediction settings only, the classifier's recipe stays the study's; ``adam``,
-``adam-warmup``, ``sgd``, ``loss-only`` (the paper's loss-only ``WeightNet`` instead of the
-default ``PerClassWeightNet``), ``loss-scale-0.1`` and ``loss-scale-10`` (the weight net's
+``adam-warmup``, ``warmup-0.2`` (the weight net starts learning after 20% of the epochs: the
+defaults until the study's fifth run), ``unnormalized``
+(Eq. 1 weights V/n instead of weights normalised by their batch sum), ``meta-lr-1e-3`` and
+``meta-lr-1e-1`` (the weight net's learning rate, 1e-2 by default), ``loss-only`` (the paper's
+loss-only ``WeightNet`` instead of the default ``PerClassWeightNet``), ``loss-scale-0.1`` and ``loss-scale-10`` (the weight net's
 input scaling: it reads ``loss / loss_scale`` instead of the raw loss), ``meta-batch-20`` and
 ``meta-batch-50`` (meta batches of 20 and 50 rows instead of the training batch size, 100,
 which is the whole meta set of 10 rows per class): one knob at a time
@@ -67,6 +70,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -91,14 +95,23 @@ BIASES = ("uniform", "flip", "longtail")
 # extra settings: the digits with a smaller and a larger meta set
 EXTRA = ("digits-uniform-meta5", "digits-uniform-meta20", "digits-flip-meta5")
 METHODS = ("plain", "plain-prior", "plain-reseed", "selected", "mwnet", "loss-only", "mwnet-keepbest",
-           "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020", "paper", "adam", "adam-warmup", "sgd",
+           "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020", "paper", "adam", "adam-warmup", "warmup-0.2",
            "class-aware", "transfer", "transfer-per-class", "cleanlab", "oversample", "plain-lr", "refit-lr",
-           "cleanlab-lr", "loss-scale-0.1", "loss-scale-10", "meta-batch-20", "meta-batch-50")
+           "cleanlab-lr", "unnormalized", "meta-lr-1e-3", "meta-lr-1e-1", "loss-scale-0.1", "loss-scale-10",
+           "meta-batch-20", "meta-batch-50")
 # ``paper`` is left out by default: with the study's classifier recipe it is ``mwnet-2020``.
 DEFAULT_METHODS = ("plain", "plain-prior", "plain-reseed", "selected", "mwnet", "loss-only", "mwnet-keepbest",
                    "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020", "adam-warmup", "class-aware",
                    "transfer", "transfer-per-class", "cleanlab", "oversample", "plain-lr", "refit-lr",
-                   "cleanlab-lr", "loss-scale-0.1", "loss-scale-10", "meta-batch-20", "meta-batch-50")
+                   "cleanlab-lr", "warmup-0.2", "unnormalized", "meta-lr-1e-3", "meta-lr-1e-1", "loss-scale-0.1",
+                   "loss-scale-10", "meta-batch-20", "meta-batch-50")
+# Until the fifth run the defaults had a warm-up of 20% of the epochs; the variants run then are
+# one knob away from those defaults, and keep them so that a rerun gives the same rows
+# (``warmup-0.2`` is those defaults, ``mwnet`` the current ones).
+PREVIOUS_DEFAULTS = {"warmup_epochs": 0.2}
+ON_PREVIOUS_DEFAULTS = {"loss-only", "mwnet-keepbest", "adam-warmup", "class-aware", "transfer", "transfer-per-class",
+                        "refit-lr", "unnormalized", "meta-lr-1e-3", "meta-lr-1e-1", "loss-scale-0.1", "loss-scale-10",
+                        "meta-batch-20", "meta-batch-50"}
 # one knob at a time away from the library's defaults
 KNOBS = {
     "paper": {"weight_net": "WeightNet", "normalize_weights": False, "train_on_meta": False, "warmup_epochs": 0,
@@ -106,7 +119,10 @@ KNOBS = {
               "target_prior": "train"},
     "adam": {"meta_optimizer": "adam", "meta_lr": 1e-3, "meta_optimizer__weight_decay": 1e-4, "warmup_epochs": 0},
     "adam-warmup": {"meta_optimizer": "adam", "meta_lr": 1e-3, "meta_optimizer__weight_decay": 1e-4},
-    "sgd": {"warmup_epochs": 0},
+    "warmup-0.2": PREVIOUS_DEFAULTS,
+    "unnormalized": {"normalize_weights": False},
+    "meta-lr-1e-3": {"meta_lr": 1e-3},
+    "meta-lr-1e-1": {"meta_lr": 1e-1},
     "loss-only": {"weight_net": "WeightNet"},
     "loss-scale-0.1": {"weight_net__loss_scale": 0.1},
     "loss-scale-10": {"weight_net__loss_scale": 10.0},
@@ -206,7 +222,9 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
     if method in ("plain-lr", "refit-lr", "cleanlab-lr") and bias == "longtail":
         return None
     X, y_noisy, y_true, meta, X_test, y_test = make_data(setting, seed)
-    base = make_mwnet(X.shape[1], seed, epochs)
+    # the variants of the previous defaults keep their warm-up (PREVIOUS_DEFAULTS)
+    build = functools.partial(make_mwnet, **PREVIOUS_DEFAULTS) if method in ON_PREVIOUS_DEFAULTS else make_mwnet
+    base = build(X.shape[1], seed, epochs)
     start = time.perf_counter()
     record = {"setting": setting, "seed": seed, "method": method}
     if method == "plain":
@@ -214,7 +232,7 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
     elif method == "plain-prior":
         est = plain_counterpart(base, target_prior="meta").fit(X, y_noisy, meta=meta)
     elif method == "plain-reseed":  # chance alone: the same plain training from another seed
-        est = plain_counterpart(make_mwnet(X.shape[1], seed + 500, epochs)).fit(X, y_noisy, meta=meta)
+        est = plain_counterpart(build(X.shape[1], seed + 500, epochs)).fit(X, y_noisy, meta=meta)
     elif method == "selected":
         est = plain_counterpart(base, train_on_meta=False, callbacks=list(base.callbacks) + [MetaScoring()])
         est.fit(X, y_noisy, meta=meta)
@@ -230,9 +248,9 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
         X_src, y_src, _, meta_src, _, _ = make_data(setting, seed + 1000)
         # a loss-only function carries over to other data; the per-class one's corrections belong to its data
         source_net = {"weight_net": mwnet_sk.WeightNet} if method == "transfer" else {}
-        source = make_mwnet(X.shape[1], seed + 1000, epochs, **source_net).fit(X_src, y_src, meta=meta_src)
+        source = build(X.shape[1], seed + 1000, epochs, **source_net).fit(X_src, y_src, meta=meta_src)
         rows = ~meta  # the target has no clean rows at all
-        est = make_mwnet(X.shape[1], seed, epochs, weight_net=source.weight_function_, meta_lr=0,
+        est = build(X.shape[1], seed, epochs, weight_net=source.weight_function_, meta_lr=0,
                          warmup_epochs=0).fit(X[rows], y_noisy[rows])
         plain_rows = plain_counterpart(base).fit(X[rows], y_noisy[rows])
         record["baseline_accuracy"] = round(float(np.mean(plain_rows.predict(X_test) == y_test)), 6)
@@ -279,7 +297,7 @@ def run_one(setting: str, seed: int, method: str, epochs: int) -> dict | None:
             params = {"weight_net": ClassAwareWeightNet}
         else:
             params = dict(KNOBS.get(method, {}))
-        est = make_mwnet(X.shape[1], seed, epochs, **params)
+        est = build(X.shape[1], seed, epochs, **params)
         if method == "mwnet-keepbest":  # the defaults, keeping the epoch that scores best on the meta rows
             est.set_params(callbacks=list(est.callbacks) + [MetaScoring()])
         est.fit(X, y_noisy, meta=meta)

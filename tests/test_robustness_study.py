@@ -26,7 +26,7 @@ def test_smoke_run_writes_results_and_a_summary(tmp_path):
     assert again.returncode == 0 and len(out.read_text().splitlines()) == len(rows)
 
 
-def test_the_input_scaling_and_meta_batch_knobs_reach_the_estimator(monkeypatch):
+def test_the_knobs_reach_the_estimator_and_old_variants_keep_their_warm_up(monkeypatch):
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         import robustness_study as study
@@ -36,11 +36,13 @@ def test_the_input_scaling_and_meta_batch_knobs_reach_the_estimator(monkeypatch)
     fit = study.mwnet_sk.MetaWeightClassifier.fit
 
     def spy(self, *args, **kwargs):
-        seen.append((self.get_params()["meta_batch_size"], self.get_params().get("weight_net__loss_scale")))
+        params = self.get_params()
+        seen.append((params["meta_batch_size"], params.get("weight_net__loss_scale"), params["warmup_epochs"]))
         return fit(self, *args, **kwargs)
 
     monkeypatch.setattr(study.mwnet_sk.MetaWeightClassifier, "fit", spy)
-    for method in ("loss-scale-0.1", "meta-batch-20"):
+    for method in ("loss-scale-0.1", "meta-batch-20", "mwnet", "warmup-0.2"):
         record = study.run_one("digits-longtail", 0, method, 2)
         assert {"trend", "spread", "accuracy"} <= set(record)
-    assert seen == [(None, 0.1), (20, None)]
+    # the variants run against the previous defaults keep their 20% warm-up; mwnet is the defaults
+    assert seen == [(None, 0.1, 0.2), (20, None, 0.2), (None, None, 0), (None, None, 0.2)]
