@@ -384,8 +384,8 @@ def test_a_resume_with_more_epochs_does_not_fall_back_into_warm_up(data, tmp_pat
     """warmup_epochs=0.2 is 1 epoch of 4 but 3 of 16: epoch 3 of the resumed run keeps weighting."""
     X, y, mask = data
     cp = Checkpoint(dirname=str(tmp_path / "run"))
-    make_clf(max_epochs=4, callbacks=[cp, LoadInitState(cp), Crash(2)]).fit(X, y, meta=mask)
+    make_clf(max_epochs=4, warmup_epochs=0.2, callbacks=[cp, LoadInitState(cp), Crash(2)]).fit(X, y, meta=mask)
     cp = Checkpoint(dirname=str(tmp_path / "run"))
-    resumed = make_clf(max_epochs=16, callbacks=[cp, LoadInitState(cp)]).fit(X, y, meta=mask)
+    resumed = make_clf(max_epochs=16, warmup_epochs=0.2, callbacks=[cp, LoadInitState(cp)]).fit(X, y, meta=mask)
     meta_loss = np.asarray(resumed.history[:, "meta_loss"], dtype=float)
     assert np.isnan(meta_loss[0]) and np.isfinite(meta_loss[1:]).all()
