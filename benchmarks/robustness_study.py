@@ -27,14 +27,14 @@ variants (``paper``: Eq. 1 weighting, meta set held out, Adam 1e-3, no warm-up, 
 own probabilities, i.e. the library's defaults before this study; the presets contribute their
 weighting and prediction settings only, the classifier's recipe stays the study's; ``adam``,
 ``adam-warmup``, ``warmup-0.2`` (the weight net starts learning after 20% of the epochs: the
-defaults until the study's fifth run), ``unnormalized``
-(Eq. 1 weights V/n instead of weights normalised by their batch sum), ``meta-lr-1e-3`` and
-``meta-lr-1e-1`` (the weight net's learning rate, 1e-2 by default), ``loss-only`` (the paper's
-loss-only ``WeightNet`` instead of the default ``PerClassWeightNet``), ``loss-scale-0.1`` and ``loss-scale-10`` (the weight net's
+defaults until the study's fifth run), ``unnormalized`` (Eq. 1 weights V/n instead of weights
+normalised by their batch sum), ``meta-lr-1e-3`` and ``meta-lr-1e-1`` (the weight net's
+learning rate, 1e-2 by default), ``loss-only`` (the paper's loss-only ``WeightNet`` instead of
+the default ``PerClassWeightNet``), ``loss-scale-0.1`` and ``loss-scale-10`` (the weight net's
 input scaling: it reads ``loss / loss_scale`` instead of the raw loss), ``meta-batch-20`` and
 ``meta-batch-50`` (meta batches of 20 and 50 rows instead of the training batch size, 100,
-which is the whole meta set of 10 rows per class): one knob at a time
-away from the defaults) and, when installed, peers: ``cleanlab`` (cleanlab's
+which is the whole meta set of 10 rows per class): one knob at a time away from the defaults;
+those in ``ON_PREVIOUS_DEFAULTS`` away from the 20%-warm-up defaults they were run against) and, when installed, peers: ``cleanlab`` (cleanlab's
 ``CleanLearning`` around the plain network, trained on every labelled row) and ``oversample``
 (imbalanced-learn's ``RandomOverSampler`` before plain training; long tails only). A linear
 model, noisy settings only: ``plain-lr`` (scikit-learn's ``LogisticRegression`` on every labelled
