@@ -976,7 +976,9 @@ class EpochProgress(Callback):
         self.done_ += 1
         if self.bar_ is not None:
             self.bar_.set_postfix_str(postfix, refresh=False)
-            self.bar_.update(1)
+            self.bar_.update(1)  # redraws only when tqdm's mininterval has passed
+            if self.offset_ + self.done_ >= self.total_:
+                self.bar_.refresh()  # so the last epoch is always drawn, however fast it ran
             return
         line = tqdm.format_meter(self.offset_ + self.done_, self.total_, time.perf_counter() - self.start_,
                                  prefix=self.desc, unit="epoch", postfix=postfix or None, bar_format=_PROGRESS_LINE,
