@@ -112,7 +112,8 @@ class MetaWeightClassifier(MetaSetClassifier):
     normalize_weights : bool, default=True
         Divide the weighted loss by the sum of the weights (the authors' 2019 scripts) instead
         of the batch size (Eq. 1). Without it the weight net can raise every weight at once
-        and flatten into a constant (see the "Choosing a method" page).
+        and flatten into a constant, or invert (in the robustness study, on the "Choosing a
+        method" page, 12 of 50 uniform-noise runs ranked corrupted rows first without it).
     detach_weight_input : bool, default=True
         Feed the weight net the detached loss in the virtual step (Eq. 3 as written, and the
         authors' noisy-label scripts). False lets the virtual step's gradient flow through the
