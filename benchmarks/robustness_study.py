@@ -25,8 +25,9 @@ also train on), the authors' presets
 (``mwnet-2019-noise``, ``mwnet-2019-imbalance``, ``mwnet-2020``: meta set held out), knob
 variants (``paper``: Eq. 1 weighting, meta set held out, Adam 1e-3, no warm-up, the network's
 own probabilities, i.e. the library's defaults before this study; the presets contribute their
-weighting and prediction settings only, the classifier's recipe stays the study's; ``adam``,
-``adam-warmup``, ``warmup-0.2`` (the weight net starts learning after 20% of the epochs: the
+weighting and prediction settings only, the classifier's recipe stays the study's; ``adam``
+(the weight net trained by Adam 1e-3, weight decay 1e-4, instead of SGD), ``adam-warmup`` (the
+same with the 20% warm-up), ``warmup-0.2`` (the weight net starts learning after 20% of the epochs: the
 defaults until the study's fifth run), ``unnormalized`` (Eq. 1 weights V/n instead of weights
 normalised by their batch sum), ``meta-lr-1e-3`` and ``meta-lr-1e-1`` (the weight net's
 learning rate, 1e-2 by default), ``loss-only`` (the paper's loss-only ``WeightNet`` instead of
@@ -102,7 +103,7 @@ METHODS = ("plain", "plain-prior", "plain-reseed", "selected", "mwnet", "loss-on
            "meta-batch-20", "meta-batch-50")
 # ``paper`` is left out by default: with the study's classifier recipe it is ``mwnet-2020``.
 DEFAULT_METHODS = ("plain", "plain-prior", "plain-reseed", "selected", "mwnet", "loss-only", "mwnet-keepbest",
-                   "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020", "adam-warmup", "class-aware",
+                   "mwnet-2019-noise", "mwnet-2019-imbalance", "mwnet-2020", "adam", "adam-warmup", "class-aware",
                    "transfer", "transfer-per-class", "cleanlab", "oversample", "plain-lr", "refit-lr",
                    "cleanlab-lr", "warmup-0.2", "unnormalized", "meta-lr-1e-3", "meta-lr-1e-1", "loss-scale-0.1",
                    "loss-scale-10", "meta-batch-20", "meta-batch-50")

@@ -121,8 +121,8 @@ class MetaSetClassifier(NeuralNetClassifier):
             ("train_loss", FinitePassthroughScoring(name="train_loss", on_train=True)),
             ("valid_loss", PassthroughScoring(name="valid_loss")),
             ("valid_acc", EpochScoring("accuracy", name="valid_acc", lower_is_better=False)),
-            ("print_log", PrintLog(keys_ignored=["weight_collapsed", "meta_stalled", "meta_score_best",
-                                                 "batches_skipped"])),
+            ("print_log", PrintLog(keys_ignored=["weight_collapsed", "meta_stalled", "weights_vanished",
+                                                 "meta_diverged", "meta_score_best", "batches_skipped"])),
         ]
 
     def get_params(self, deep=True, **kwargs):

@@ -690,7 +690,13 @@ class FinitePassthroughScoring(PassthroughScoring):
 
 
 class WeightCollapseWarning(UserWarning):
-    """The weighting function stopped weighting (near constant), or the meta loss stalled."""
+    """The weighting function stopped weighting (near constant, or every weight near zero), or
+    the meta loss stalled."""
+
+
+# Below this mean weight the weight net's sigmoid is saturated: its gradient (about the weight
+# itself) no longer moves it, and the classifier learns from (almost) nothing.
+VANISHED_WEIGHT = 1e-4
 
 
 class WeightMonitor(Callback):
@@ -706,6 +712,16 @@ class WeightMonitor(Callback):
     * ``weight_collapsed``: True once the function has been flat for ``patience`` epochs in a
       row. A flat function gives every sample the same weight, so Meta-Weight-Net then trains
       exactly like plain training (with a rescaled learning rate);
+    * ``weights_vanished``: True in an epoch whose mean training weight fell below
+      ``vanished_weight``. The weight net's sigmoid has then saturated near 0, so it can hardly
+      learn any more, and the classifier learns from (almost) nothing: a dead run, which the
+      spread does not show (weights of 1e-9 and 1e-12 are as far apart, relatively, as 1 and
+      0.001). In the robustness study a weight net trained by Adam without a warm-up went this
+      way on some seeds and ended at chance level;
+    * ``meta_diverged``: True in an epoch whose meta loss is above ten times
+      ``log(n_classes)``, the loss of predicting every class alike: the classifier's training
+      has blown up (in the robustness study it came with vanished weights, or with the weights
+      of the rows that still had a loss near zero, and ended at chance level);
     * ``meta_stalled``: True once the epoch's meta loss has not improved on its best for
       ``meta_patience`` epochs.
 
@@ -724,13 +740,17 @@ class WeightMonitor(Callback):
         Epochs without a new best meta loss before ``meta_stalled`` is set; None never checks.
     warn : bool, default=True
         Raise the warnings (the history is recorded either way).
+    vanished_weight : float, default=1e-4
+        Mean training weight below which the weights count as vanished.
     """
 
-    def __init__(self, flat_spread=FLAT_SPREAD, patience=3, meta_patience=10, warn=True):
+    def __init__(self, flat_spread=FLAT_SPREAD, patience=3, meta_patience=10, warn=True,
+                 vanished_weight=VANISHED_WEIGHT):
         self.flat_spread = flat_spread
         self.patience = patience
         self.meta_patience = meta_patience
         self.warn = warn
+        self.vanished_weight = vanished_weight
 
     def initialize(self):
         self.flat_epochs_ = 0
@@ -782,9 +802,36 @@ class WeightMonitor(Callback):
                     "history[:, 'weight_fn_spread'] shows the spread per epoch."
                 ))
         meta_loss = history[-1].get("meta_loss")
-        if self.meta_patience is not None and meta_loss is not None and np.isfinite(meta_loss):
+        weight_mean = history[-1].get("weight_mean")
+        if weight_mean is not None and meta_loss is not None and np.isfinite(meta_loss):
+            vanished = bool(weight_mean < self.vanished_weight)  # a warm-up epoch's weights are all 1
+            history.record("weights_vanished", vanished)
+            if vanished:
+                self._warn("vanished", (
+                    f"the training rows' weights have fallen to nearly zero (mean {weight_mean:.3g} this epoch, "
+                    f"epoch {epoch}): the weight net's sigmoid has saturated, so it can hardly learn any more, "
+                    "and the classifier learns from (almost) nothing. The weight net's optimizer has overshot: "
+                    "use the defaults (meta_optimizer='sgd', meta_lr=1e-2) or a smaller meta_lr, and check "
+                    "that the meta loss (history[:, 'meta_loss']) did not diverge first; if it did, lower the "
+                    "classifier's learning rate."
+                ))
+        if meta_loss is not None and np.isfinite(meta_loss):
             if meta_loss < self.best_meta_loss_:
                 self.best_meta_loss_, self.best_meta_epoch_ = float(meta_loss), epoch
+            chance = np.log(max(len(getattr(net, "classes_inferred_", ())), 2))
+            diverged = bool(meta_loss > 10 * chance)
+            history.record("meta_diverged", diverged)
+            if diverged:
+                self._warn("diverged", (
+                    f"the meta loss has diverged: {meta_loss:.4g} at epoch {epoch}, more than ten times the "
+                    f"{chance:.3g} of predicting every class alike (best {self.best_meta_loss_:.4g} at epoch "
+                    f"{self.best_meta_epoch_}). "
+                    "The classifier's training has blown up; the weights may have followed (history[:, "
+                    "'weight_mean']). Lower the classifier's lr, or the weight net's meta_lr (the defaults: "
+                    "meta_optimizer='sgd', meta_lr=1e-2), and keep an earlier epoch with checkpoints "
+                    "(mwnet_sk.callbacks.Checkpoint) or callbacks=[mwnet_sk.callbacks.MetaScoring()]."
+                ))
+        if self.meta_patience is not None and meta_loss is not None and np.isfinite(meta_loss):
             stalled = epoch - self.best_meta_epoch_ >= self.meta_patience
             history.record("meta_stalled", stalled)
             if stalled:

@@ -66,6 +66,35 @@ def test_collapse_warning_fires_on_a_collapsed_run(noisy):
     assert "flat" in repr(clf.weight_function_)
 
 
+class VanishingWeights(ConstantWeights):
+    """A constant weight net whose sigmoid sits at about 1e-13: every weight has vanished."""
+
+    def __init__(self, hidden_size=4):
+        super().__init__(hidden_size)
+        with torch.no_grad():
+            self.output.bias.fill_(-30.0)
+
+
+def test_vanished_weights_are_recorded_and_warned(noisy):
+    X, y_noisy, _, mask = noisy
+    clf = make_clf(weight_net=VanishingWeights, meta_lr=1e-12, warmup_epochs=0)
+    with pytest.warns(WeightCollapseWarning, match="fallen to nearly zero") as record:
+        clf.fit(X, y_noisy, meta=mask)
+    assert sum("fallen to nearly zero" in str(w.message) for w in record) == 1  # once per fit
+    assert clf.history[:, "weights_vanished"] == [True] * 3
+    assert clf.history[-1, "weight_mean"] < 1e-12  # what it reads, whatever the spread says
+
+
+def test_healthy_weights_have_not_vanished(noisy):
+    X, y_noisy, _, mask = noisy
+    clf = make_clf(warmup_epochs=1, max_epochs=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeightCollapseWarning)
+        clf.fit(X, y_noisy, meta=mask)
+    # the warm-up epoch has no meta step and says nothing; the others are recorded
+    assert [row.get("weights_vanished") for row in clf.history] == [None, False, False]
+
+
 def test_collapse_warning_says_when_every_row_is_fit():
     from skorch.history import History
 
@@ -112,6 +141,25 @@ def test_meta_stall_is_recorded_and_warned_once():
     restored = WeightMonitor().initialize()
     restored.load_state_dict(monitor.state_dict())
     assert restored.best_meta_loss_ == 0.7 and restored.best_meta_epoch_ == 6
+
+
+def test_meta_divergence_is_recorded_and_warned_once():
+    from skorch.history import History
+
+    class Net:  # ten classes: predicting every class alike costs log(10) = 2.3
+        history = History()
+        classes_inferred_ = np.arange(10)
+
+    monitor = WeightMonitor(meta_patience=None).initialize()
+    # a high loss that stays under ten times log(10) is not a divergence; 1063 is
+    meta_losses = [2.2, 0.04, 20.0, 1063.0, 1146.0]
+    with pytest.warns(WeightCollapseWarning, match="diverged: 1063 at epoch 4.*best 0.04 at epoch 2") as record:
+        for loss in meta_losses:
+            Net.history.new_epoch()
+            Net.history.record("meta_loss", loss)
+            monitor.on_epoch_end(Net)
+    assert len(record) == 1
+    assert Net.history[:, "meta_diverged"] == [False, False, False, True, True]
 
 
 def test_monitor_can_be_switched_off(noisy):
