@@ -770,10 +770,14 @@ class WeightMonitor(Callback):
         self.best_meta_epoch_ = int(state["best_meta_epoch"])
         self.warned_ = set(state["warned"])
 
-    def _warn(self, kind, message):
-        if self.warn and kind not in self.warned_:
-            warnings.warn(message, WeightCollapseWarning, stacklevel=2)
-        self.warned_.add(kind)
+    def _flag(self, history, column, flagged, kind, message):
+        """Record ``column`` for this epoch; warn ``message()`` the first time ``kind`` is flagged
+        in a fit."""
+        history.record(column, bool(flagged))
+        if flagged:
+            if self.warn and kind not in self.warned_:
+                warnings.warn(message(), WeightCollapseWarning, stacklevel=3)
+            self.warned_.add(kind)
 
     def on_epoch_end(self, net, **kwargs):
         history = net.history
@@ -786,62 +790,52 @@ class WeightMonitor(Callback):
             meta_step = np.isfinite(history[-1].get("meta_loss", np.nan))
             if meta_step:  # an epoch without a meta step (warm-up) says nothing about learning
                 self.flat_epochs_ = self.flat_epochs_ + 1 if profile.spread < self.flat_spread else 0
-            collapsed = self.flat_epochs_ >= self.patience
-            history.record("weight_collapsed", collapsed)
-            if collapsed:
-                self._warn("collapse", (
-                    f"the learned weighting function has been nearly constant for {self.flat_epochs_} "
-                    f"epochs ({profile}), so every sample gets the same weight and Meta-Weight-Net "
-                    f"trains like plain training. {_all_fit_note(net, loss_range)}That is expected when the "
-                    "training labels are clean (also on a long tail with clean labels, where in the robustness "
-                    "study the defaults' gain came from predicting for the meta set's class frequencies, "
-                    "target_prior='meta', not from the weighting); under label noise try "
-                    "normalize_weights=True (the default), the default weight net PerClassWeightNet (a "
-                    "loss-only WeightNet cannot separate flipped labels), another meta_lr (e.g. 10x larger "
-                    "or smaller), and check that the meta set is clean and class-balanced. "
-                    "history[:, 'weight_fn_spread'] shows the spread per epoch."
-                ))
+            self._flag(history, "weight_collapsed", self.flat_epochs_ >= self.patience, "collapse", lambda: (
+                f"the learned weighting function has been nearly constant for {self.flat_epochs_} "
+                f"epochs ({profile}), so every sample gets the same weight and Meta-Weight-Net "
+                f"trains like plain training. {_all_fit_note(net, loss_range)}That is expected when the "
+                "training labels are clean (also on a long tail with clean labels, where in the robustness "
+                "study the defaults' gain came from predicting for the meta set's class frequencies, "
+                "target_prior='meta', not from the weighting); under label noise try "
+                "normalize_weights=True (the default), the default weight net PerClassWeightNet (a "
+                "loss-only WeightNet cannot separate flipped labels), another meta_lr (e.g. 10x larger "
+                "or smaller), and check that the meta set is clean and class-balanced. "
+                "history[:, 'weight_fn_spread'] shows the spread per epoch."
+            ))
         meta_loss = history[-1].get("meta_loss")
         weight_mean = history[-1].get("weight_mean")
         if weight_mean is not None and meta_loss is not None and np.isfinite(meta_loss):
-            vanished = bool(weight_mean < self.vanished_weight)  # a warm-up epoch's weights are all 1
-            history.record("weights_vanished", vanished)
-            if vanished:
-                self._warn("vanished", (
-                    f"the training rows' weights have fallen to nearly zero (mean {weight_mean:.3g} this epoch, "
-                    f"epoch {epoch}): the weight net's sigmoid has saturated, so it can hardly learn any more, "
-                    "and the classifier learns from (almost) nothing. The weight net's optimizer has overshot: "
-                    "use the defaults (meta_optimizer='sgd', meta_lr=1e-2) or a smaller meta_lr, and check "
-                    "that the meta loss (history[:, 'meta_loss']) did not diverge first; if it did, lower the "
-                    "classifier's learning rate."
-                ))
+            # (a warm-up epoch, without a meta step, has every weight 1 and is not looked at)
+            self._flag(history, "weights_vanished", weight_mean < self.vanished_weight, "vanished", lambda: (
+                f"the training rows' weights have fallen to nearly zero (mean {weight_mean:.3g} this epoch, "
+                f"epoch {epoch}): the weight net's sigmoid has saturated, so it can hardly learn any more, "
+                "and the classifier learns from (almost) nothing. The weight net's optimizer has overshot: "
+                "use the defaults (meta_optimizer='sgd', meta_lr=1e-2) or a smaller meta_lr, and check "
+                "that the meta loss (history[:, 'meta_loss']) did not diverge first; if it did, lower the "
+                "classifier's learning rate."
+            ))
         if meta_loss is not None and np.isfinite(meta_loss):
             if meta_loss < self.best_meta_loss_:
                 self.best_meta_loss_, self.best_meta_epoch_ = float(meta_loss), epoch
             chance = np.log(max(len(getattr(net, "classes_inferred_", ())), 2))
-            diverged = bool(meta_loss > 10 * chance)
-            history.record("meta_diverged", diverged)
-            if diverged:
-                self._warn("diverged", (
-                    f"the meta loss has diverged: {meta_loss:.4g} at epoch {epoch}, more than ten times the "
-                    f"{chance:.3g} of predicting every class alike (best {self.best_meta_loss_:.4g} at epoch "
-                    f"{self.best_meta_epoch_}). "
-                    "The classifier's training has blown up; the weights may have followed (history[:, "
-                    "'weight_mean']). Lower the classifier's lr, or the weight net's meta_lr (the defaults: "
-                    "meta_optimizer='sgd', meta_lr=1e-2), and keep an earlier epoch with checkpoints "
-                    "(mwnet_sk.callbacks.Checkpoint) or callbacks=[mwnet_sk.callbacks.MetaScoring()]."
-                ))
+            self._flag(history, "meta_diverged", meta_loss > 10 * chance, "diverged", lambda: (
+                f"the meta loss has diverged: {meta_loss:.4g} at epoch {epoch}, more than ten times the "
+                f"{chance:.3g} of predicting every class alike (best {self.best_meta_loss_:.4g} at epoch "
+                f"{self.best_meta_epoch_}). "
+                "The classifier's training has blown up; the weights may have followed (history[:, "
+                "'weight_mean']). Lower the classifier's lr, or the weight net's meta_lr (the defaults: "
+                "meta_optimizer='sgd', meta_lr=1e-2), and keep an earlier epoch with checkpoints "
+                "(mwnet_sk.callbacks.Checkpoint) or callbacks=[mwnet_sk.callbacks.MetaScoring()]."
+            ))
         if self.meta_patience is not None and meta_loss is not None and np.isfinite(meta_loss):
             stalled = epoch - self.best_meta_epoch_ >= self.meta_patience
-            history.record("meta_stalled", stalled)
-            if stalled:
-                self._warn("stall", (
-                    f"the meta loss has not improved for {epoch - self.best_meta_epoch_} epochs (best "
-                    f"{self.best_meta_loss_:.4g} at epoch {self.best_meta_epoch_}): the classifier "
-                    "may be fitting the noise. Keep the best epoch with "
-                    "callbacks=[mwnet_sk.callbacks.MetaScoring()] (with train_on_meta=False), train "
-                    "fewer epochs, or lower the learning rate earlier."
-                ))
+            self._flag(history, "meta_stalled", stalled, "stall", lambda: (
+                f"the meta loss has not improved for {epoch - self.best_meta_epoch_} epochs (best "
+                f"{self.best_meta_loss_:.4g} at epoch {self.best_meta_epoch_}): the classifier "
+                "may be fitting the noise. Keep the best epoch with "
+                "callbacks=[mwnet_sk.callbacks.MetaScoring()] (with train_on_meta=False), train "
+                "fewer epochs, or lower the learning rate earlier."
+            ))
 
 
 def _all_fit_note(net, loss_range) -> str:
