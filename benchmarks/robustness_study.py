@@ -35,8 +35,8 @@ the default ``PerClassWeightNet``), ``loss-scale-0.1`` and ``loss-scale-10`` (th
 input scaling: it reads ``loss / loss_scale`` instead of the raw loss), ``meta-batch-20`` and
 ``meta-batch-50`` (meta batches of 20 and 50 rows instead of the training batch size, 100,
 which is the whole meta set of 10 rows per class): one knob at a time away from the defaults;
-``adam-warmup`` and the ``transfer`` and ``refit-lr`` rows, in ``ON_PREVIOUS_DEFAULTS``, keep the
-20% warm-up of the defaults they were run against) and, when installed, peers: ``cleanlab`` (cleanlab's
+``adam-warmup`` and the ``transfer`` rows, in ``ON_PREVIOUS_DEFAULTS``, keep the 20% warm-up
+of the defaults they were run against) and, when installed, peers: ``cleanlab`` (cleanlab's
 ``CleanLearning`` around the plain network, trained on every labelled row) and ``oversample``
 (imbalanced-learn's ``RandomOverSampler`` before plain training; long tails only). A linear
 model, noisy settings only: ``plain-lr`` (scikit-learn's ``LogisticRegression`` on every labelled
@@ -112,7 +112,7 @@ DEFAULT_METHODS = ("plain", "plain-prior", "plain-reseed", "selected", "mwnet", 
 # current defaults; the methods below were not rerun and keep the warm-up, so that a rerun gives
 # the same rows.
 PREVIOUS_DEFAULTS = {"warmup_epochs": 0.2}
-ON_PREVIOUS_DEFAULTS = {"adam-warmup", "transfer", "transfer-per-class", "refit-lr"}
+ON_PREVIOUS_DEFAULTS = {"adam-warmup", "transfer", "transfer-per-class"}
 # one knob at a time away from the library's defaults
 KNOBS = {
     "paper": {"weight_net": "WeightNet", "normalize_weights": False, "train_on_meta": False, "warmup_epochs": 0,
