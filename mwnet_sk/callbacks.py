@@ -691,7 +691,7 @@ class FinitePassthroughScoring(PassthroughScoring):
 
 class WeightCollapseWarning(UserWarning):
     """The weighting function stopped weighting (near constant, or every weight near zero), or
-    the meta loss stalled."""
+    the meta loss stalled or diverged."""
 
 
 # Below this mean weight the weight net's sigmoid is saturated: its gradient (about the weight
