@@ -783,12 +783,14 @@ class WeightMonitor(Callback):
         history = net.history
         epoch = len(history)
         loss_range = net._observed_loss_range() if hasattr(net, "_observed_loss_range") else None
+        meta_loss = history[-1].get("meta_loss")
+        # an epoch without a meta step (warm-up) says nothing about learning
+        meta_step = meta_loss is not None and bool(np.isfinite(meta_loss))
         if loss_range is not None:
             profile = net._live_weight_function().profile(*loss_range)  # every class's curve if class-aware
             history.record("weight_fn_spread", profile.spread)
             history.record("weight_fn_trend", profile.trend)
-            meta_step = np.isfinite(history[-1].get("meta_loss", np.nan))
-            if meta_step:  # an epoch without a meta step (warm-up) says nothing about learning
+            if meta_step:
                 self.flat_epochs_ = self.flat_epochs_ + 1 if profile.spread < self.flat_spread else 0
             self._flag(history, "weight_collapsed", self.flat_epochs_ >= self.patience, "collapse", lambda: (
                 f"the learned weighting function has been nearly constant for {self.flat_epochs_} "
@@ -802,9 +804,8 @@ class WeightMonitor(Callback):
                 "or smaller), and check that the meta set is clean and class-balanced. "
                 "history[:, 'weight_fn_spread'] shows the spread per epoch."
             ))
-        meta_loss = history[-1].get("meta_loss")
         weight_mean = history[-1].get("weight_mean")
-        if weight_mean is not None and meta_loss is not None and np.isfinite(meta_loss):
+        if weight_mean is not None and meta_step:
             # (a warm-up epoch, without a meta step, has every weight 1 and is not looked at)
             self._flag(history, "weights_vanished", weight_mean < self.vanished_weight, "vanished", lambda: (
                 f"the training rows' weights have fallen to nearly zero (mean {weight_mean:.3g} this epoch, "
@@ -814,7 +815,7 @@ class WeightMonitor(Callback):
                 "that the meta loss (history[:, 'meta_loss']) did not diverge first; if it did, lower the "
                 "classifier's learning rate."
             ))
-        if meta_loss is not None and np.isfinite(meta_loss):
+        if meta_step:
             if meta_loss < self.best_meta_loss_:
                 self.best_meta_loss_, self.best_meta_epoch_ = float(meta_loss), epoch
             chance = np.log(max(len(getattr(net, "classes_inferred_", ())), 2))
@@ -827,7 +828,7 @@ class WeightMonitor(Callback):
                 "meta_optimizer='sgd', meta_lr=1e-2), and keep an earlier epoch with checkpoints "
                 "(mwnet_sk.callbacks.Checkpoint) or callbacks=[mwnet_sk.callbacks.MetaScoring()]."
             ))
-        if self.meta_patience is not None and meta_loss is not None and np.isfinite(meta_loss):
+        if self.meta_patience is not None and meta_step:
             stalled = epoch - self.best_meta_epoch_ >= self.meta_patience
             self._flag(history, "meta_stalled", stalled, "stall", lambda: (
                 f"the meta loss has not improved for {epoch - self.best_meta_epoch_} epochs (best "
